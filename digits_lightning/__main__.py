@@ -1,0 +1,3 @@
+from digits_lightning.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Random distortions of whole training batches on the device, to make the model robust to how
+people write: slant, size, proportions, position, wobble and pen width (the references' future work).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Augment:
+    """Each field is the largest change drawn (uniformly, in both directions) per image."""
+
+    p: float = 0.8  # share of images distorted at all; the rest pass unchanged
+    rotation: float = 12.0  # degrees
+    scale: float = 0.15  # relative size
+    aspect: float = 0.2  # relative width against height
+    shear: float = 0.15
+    shift: float = 2.0  # pixels
+    elastic: float = 1.0  # pixels of smooth local displacement
+    thickness: float = 0.3  # chance of a thicker pen plus chance of a thinner one
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """`x`: float `[N, 1, H, W]` in [0, 1], white ink on black; returns the same shape."""
+        n, _, h, w = x.shape
+        dev = x.device
+        on = (torch.rand(n, device=dev) < self.p).float()
+
+        def draw(limit: float) -> torch.Tensor:
+            return (torch.rand(n, device=dev) * 2 - 1) * limit * on
+
+        angle = draw(math.radians(self.rotation))
+        size = 1 + draw(self.scale)
+        stretch = 1 + draw(self.aspect)
+        sx, sy = size * stretch.sqrt(), size / stretch.sqrt()
+        shear = draw(self.shear)
+        cos, sin = angle.cos(), angle.sin()
+        # theta maps output to input coordinates: rotate, shear, then shrink by the scale.
+        theta = torch.stack(
+            [
+                torch.stack([cos / sx, (cos * shear - sin) / sy, draw(2 * self.shift / w)], -1),
+                torch.stack([sin / sx, (sin * shear + cos) / sy, draw(2 * self.shift / h)], -1),
+            ],
+            1,
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        if self.elastic > 0:
+            coarse = torch.randn(n, 2, 4, 4, device=dev) * (2 * self.elastic / h) * on.view(n, 1, 1, 1)
+            grid = grid + F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+        if self.thickness > 0:
+            pen = torch.where(on > 0, torch.rand(n, device=dev), 1.0).view(n, 1, 1, 1)
+            thicker = F.max_pool2d(x, 3, 1, 1)
+            thinner = -F.max_pool2d(-x, 3, 1, 1)
+            # Half-strength dilation/erosion: a full 3x3 step is too much for 28x28 strokes.
+            x = torch.where(pen < self.thickness / 2, (x + thicker) / 2, x)
+            x = torch.where((pen >= self.thickness / 2) & (pen < self.thickness), (x + thinner) / 2, x)
+        return x.clamp_(0, 1)

@@ -1,0 +1,262 @@
+"""MNIST as a LightningDataModule that serves whole batches out of in-memory tensors.
+
+MNIST is 47 MB as uint8, so each split stays one tensor: a batch is one index-slice and the
+conversion to float, normalisation and augmentation happen on the whole batch after it reaches
+the device. torchvision still does the download, the checksums and the IDX parsing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import MNIST
+from torchvision.datasets.utils import check_integrity
+
+from digits_lightning.augment import Augment
+
+# Batches are index-slices of tensors already in memory: worker processes would only add IPC.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+ARCHIVES = [name for name, _ in MNIST.resources]
+
+
+class MNISTDataError(RuntimeError):
+    """A data problem the user can fix; the message names the file and the fix."""
+
+
+class TensorBatches(Dataset):
+    """Rows of two tensors; `__getitems__` gathers a whole batch with one indexing operation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.labels.device)
+        return self.images[index], self.labels[index]
+
+
+def keep_batch(batch):
+    """`collate_fn` for TensorBatches: `__getitems__` already returns the stacked batch."""
+    return batch
+
+
+def _idx_problem(path: Path) -> str | None:
+    """Why an extracted IDX file cannot be right (its size disagrees with its header), or None."""
+    raw = path.read_bytes()[:16]
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 3:
+        return "it is not an uint8 IDX file"
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    n = 1
+    for d in dims:
+        n *= d
+    expected = 4 + 4 * ndim + n
+    actual = path.stat().st_size
+    if actual != expected:
+        return f"it holds {actual} bytes where its header promises {expected} (truncated or damaged)"
+    return None
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST train/validation/test splits, plus the user's own images for `predict`.
+
+    Args:
+        data_dir: Where MNIST lives in torchvision's layout (`<data_dir>/MNIST/raw/`), and where it is
+            downloaded to. May also be any folder that directly holds the four official `.gz`
+            archives; that folder is only read, and the archives are extracted under `cache_dir`.
+        cache_dir: Where archives found directly in `data_dir` are extracted
+            (default: `$XDG_CACHE_HOME/digits_lightning`, usually `~/.cache/digits_lightning`).
+        download: Fetch missing archives from the internet.
+        batch_size: Images per training step (evaluation uses the same size).
+        val_size: Training images held out, with a seeded split, for per-epoch validation.
+        split_seed: Seed of the train/validation split (independent of the training seed).
+        normalize: `unit` scales pixels to [0, 1] (the dense reference); `standard` also subtracts
+            the MNIST mean and divides by its standard deviation.
+        augment: Random distortions of the training batches (off by default).
+        on_device: Keep the whole split on the accelerator, so no batch is copied during training.
+        predict_path: An image file, a folder (searched recursively) or a glob, for `predict`.
+        predict_batch_size: Images decoded and classified per prediction batch.
+        predict_workers: Processes that decode prediction images in parallel.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        cache_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 256,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        normalize: Literal["unit", "standard"] = "standard",
+        augment: Augment | None = None,
+        on_device: bool = True,
+        predict_path: str | None = None,
+        predict_batch_size: int = 256,
+        predict_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+        if val_size < 1:
+            raise ValueError(f"data.val_size must be at least 1, got {val_size}")
+        self.save_hyperparameters(ignore=["augment"])
+        self.data_dir = Path(data_dir).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else _default_cache_dir()
+        self.augment = augment
+
+    # -- locating the files ------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The folder torchvision reads: `data_dir` itself, or the cache that mirrors an archive folder."""
+        if _holds_archives(self.data_dir) and not _holds_archives(self.data_dir / "MNIST" / "raw"):
+            return self.cache_dir
+        return self.data_dir
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "MNIST" / "raw"
+
+    def prepare_data(self) -> None:
+        """Make the four files available (links, checksums, extraction, download) on one process."""
+        if self.root != self.data_dir:
+            self.raw_dir.mkdir(parents=True, exist_ok=True)
+            for name in ARCHIVES:
+                source, link = (self.data_dir / name).resolve(), self.raw_dir / name
+                if source.exists() and not (link.is_symlink() and link.resolve() == source):
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(source)
+        self._check_files()
+        missing = [n for n in ARCHIVES if not (self.raw_dir / n).exists() and not self._extracted(n).exists()]
+        if missing and not self.hparams.download:
+            raise MNISTDataError(self._missing_message(missing, "download is off"))
+        for train in (True, False):
+            try:  # With every archive present and verified this only extracts: no network.
+                MNIST(self.root, train=train, download=True)
+            except (RuntimeError, OSError) as err:
+                raise MNISTDataError(self._missing_message(missing, f"downloading failed: {_first_line(err)}")) from None
+
+    def _extracted(self, archive: str) -> Path:
+        return self.raw_dir / archive.removesuffix(".gz")
+
+    def _check_files(self) -> None:
+        """Refuse damaged files before torchvision sees them (it would re-download or mis-parse)."""
+        for name, md5 in MNIST.resources:
+            extracted, archive = self._extracted(name), self.raw_dir / name
+            if extracted.exists():
+                problem = _idx_problem(extracted)
+                if problem:
+                    raise MNISTDataError(
+                        f"{extracted}: {problem}. Delete it; it is extracted again from {name}"
+                        " (or downloaded again)."
+                    )
+            elif archive.exists() and not check_integrity(str(archive), md5):
+                raise MNISTDataError(
+                    f"{archive.resolve()} is damaged (its MD5 is not the official {md5}). Replace it"
+                    " with the official archive, or delete it to download it again."
+                )
+
+    def _missing_message(self, missing: list[str], why: str) -> str:
+        return (
+            f"MNIST is not complete in {self.raw_dir} and {why}.\n"
+            f"Missing: {', '.join(missing) or 'none of the archives, but reading them failed'}.\n"
+            "Fix: put the four official archives (" + ", ".join(ARCHIVES) + ") into that folder, or"
+            " point --data.data_dir at a folder that holds them, e.g."
+            " --data.data_dir ../shared/datasets/mnist"
+        )
+
+    # -- splits --------------------------------------------------------------------------------
+
+    def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            split = MNIST(self.root, train=train, download=False)
+        except RuntimeError as err:
+            raise MNISTDataError(self._missing_message([], f"loading failed: {_first_line(err)}")) from None
+        if len(split.data) != len(split.targets):
+            raise MNISTDataError(
+                f"{self.raw_dir}: {len(split.data)} images but {len(split.targets)} labels."
+                " Delete the extracted files so they are extracted again from the archives."
+            )
+        return split.data, split.targets
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer and self.hparams.on_device else None
+        if stage in ("fit", "validate") and not hasattr(self, "train_set"):
+            images, labels = self._load(train=True)
+            val_size = self.hparams.val_size
+            if val_size >= len(labels):
+                raise MNISTDataError(
+                    f"data.val_size={val_size} leaves no training images out of {len(labels)}."
+                )
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            train, val = order[val_size:], order[:val_size]
+            self.train_set = TensorBatches(images[train].to(device), labels[train].to(device))
+            self.val_set = TensorBatches(images[val].to(device), labels[val].to(device))
+        if stage == "test" and not hasattr(self, "test_set"):
+            images, labels = self._load(train=False)
+            self.test_set = TensorBatches(images.to(device), labels.to(device))
+        if stage == "predict":
+            from digits_lightning.prediction import ImageFiles
+
+            if not self.hparams.predict_path:
+                raise MNISTDataError("predict needs images: pass --data.predict_path FILE|FOLDER|GLOB")
+            self.predict_set = ImageFiles(self.hparams.predict_path)
+
+    def _loader(self, dataset: TensorBatches, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=keep_batch)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.predict_set.loader(self.hparams.predict_batch_size, self.hparams.predict_workers)
+
+    # -- on the device -------------------------------------------------------------------------
+
+    def normalize_images(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """uint8 `[N, 28, 28]` (white ink on black, as MNIST) -> float `[N, 1, 28, 28]` as trained."""
+        x = images.unsqueeze(1).float().div_(255)
+        if augment and self.augment is not None:
+            x = self.augment(x)
+        if self.hparams.normalize == "standard":
+            x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
+        return x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict):  # prediction batches carry paths and errors beside the images
+            return {**batch, "image": self.normalize_images(batch["image"])}
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.normalize_images(images, augment=training), labels
+
+
+def _holds_archives(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ARCHIVES)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digits_lightning"

@@ -1,0 +1,144 @@
+"""The two reference networks as LightningModules: a dense 784-128-10 net and a small CNN.
+
+Both train with Adam on cross-entropy over logits (softmax only where probabilities are
+reported), optionally under a one-cycle learning-rate schedule, and track torchmetrics accuracy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class DigitClassifier(LightningModule):
+    """What both networks share: the steps, the metrics and the optimiser. Subclasses set `self.net`."""
+
+    name = "digits"  # folder name for checkpoints and logs
+
+    def __init__(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        one_cycle: bool = True,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be positive, got {lr}")
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self._compiled = None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and self._compiled is None:
+            # Kept outside the module tree (no `_orig_mod.` keys), so checkpoints stay loadable.
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (self.net if self._compiled is None else self._compiled)(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits, y)
+        # Epoch-level logging only: per-step logging costs more than a step of these tiny nets.
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""
+        probs = self(batch["image"]).softmax(dim=1)
+        return {**batch, "probs": probs}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        if not hp.one_cycle:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.25
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class DenseClassifier(DigitClassifier):
+    """The dense reference: Flatten -> Linear(784, hidden) -> ReLU -> Linear(hidden, 10)."""
+
+    name = "dense"
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        one_cycle: bool = True,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+class CNNClassifier(DigitClassifier):
+    """Two conv + pool blocks -> flatten -> dense -> 10 classes (`batch_norm` for the stronger config)."""
+
+    name = "cnn"
+
+    def __init__(
+        self,
+        channels: tuple[int, int] = (24, 32),
+        hidden: int = 256,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.7, 0.9),
+        weight_decay: float = 0.0,
+        one_cycle: bool = True,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        self.save_hyperparameters()
+        c1, c2 = channels
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
+
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c1, 5, bias=not batch_norm), norm(c1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 24 -> 12
+            nn.Conv2d(c1, c2, 3, bias=not batch_norm), norm(c2), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 10 -> 5
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 10),
+        )  # fmt: skip

@@ -1,0 +1,116 @@
+"""The real LightningCLI, in-process, on the tiny data set: fit, test, validate, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from digits_lightning.cli import main
+from digits_lightning.models import CNNClassifier, DenseClassifier
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def fit_args(data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"--data.data_dir={data_dir}",
+        "--data.val_size=200",
+        "--data.batch_size=100",
+        "--trainer.max_epochs=3",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(("model", "cls", "name"), [("DenseClassifier", DenseClassifier, "dense"), ("CNNClassifier", CNNClassifier, "cnn")])
+def test_fit_then_test_prints_accuracy_and_saves_checkpoints(tiny_mnist, in_tmp, capsys, model, cls, name):
+    main(fit_args(tiny_mnist, f"--model={model}"))
+    out = capsys.readouterr().out
+    assert "Trained 3 epochs in" in out
+    acc = float(out.split("Test accuracy: ")[1].split("%")[0])
+    assert acc > 60.0  # the tiny rendered digits are learnable; chance is 10%
+    ckpts = in_tmp / "checkpoints" / name
+    assert (ckpts / "last.ckpt").exists()
+    (best,) = [p for p in ckpts.glob("epoch=*.ckpt")]
+    # `test --ckpt_path` rebuilds the right class from the checkpoint, even without --model.
+    main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
+    assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
+    assert (in_tmp / "lightning_logs" / name / "version_0" / "config.yaml").exists()
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(tiny_mnist, in_tmp):
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", "--test_after_fit=false"))
+    ckpt = in_tmp / "checkpoints" / "dense" / "last.ckpt"
+    loaded = DenseClassifier.load_from_checkpoint(ckpt, map_location="cpu")  # no arguments repeated
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
+    fresh = DenseClassifier(**{k: v for k, v in loaded.hparams.items() if not k.startswith("_")})
+    fresh.load_state_dict(state)
+    x = torch.randn(16, 1, 28, 28)
+    loaded.eval(), fresh.eval()
+    assert torch.equal(loaded(x), fresh(x))
+    assert loaded.hparams.hidden == 128
+
+
+def test_dense_config_is_the_reference_network(in_tmp):
+    from digits_lightning.cli import DigitsCLI
+
+    cli = DigitsCLI(args=["--config", str(CONFIGS / "dense.yaml")], run=False)
+    layers = [type(m).__name__ for m in cli.model.net]
+    assert layers == ["Flatten", "Linear", "ReLU", "Linear"]
+    assert (cli.model.net[1].in_features, cli.model.net[1].out_features, cli.model.net[3].out_features) == (784, 128, 10)
+    assert cli.datamodule.hparams.normalize == "unit"
+    assert cli.trainer.max_epochs == 10
+
+
+def test_default_fit_is_the_cnn(in_tmp):
+    from digits_lightning.cli import DigitsCLI
+
+    cli = DigitsCLI(args=[], run=False)
+    assert isinstance(cli.model, CNNClassifier)
+    assert cli.trainer.checkpoint_callback.dirpath.endswith("checkpoints/cnn")
+
+
+def test_choosing_the_dense_model_does_not_inherit_cnn_settings(in_tmp):
+    from digits_lightning.cli import DigitsCLI
+
+    cli = DigitsCLI(args=["--model=DenseClassifier"], run=False)
+    assert isinstance(cli.model, DenseClassifier)
+    assert (cli.model.hparams.hidden, cli.model.hparams.lr, tuple(cli.model.hparams.betas)) == (128, 3e-3, (0.9, 0.999))
+
+
+def test_print_config_round_trips(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "cnn.yaml"), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: digits_lightning.models.CNNClassifier" in printed
+    (in_tmp / "c.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "c.yaml", "--print_config"])
+    assert capsys.readouterr().out == printed
+
+
+def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", f"--data.data_dir={in_tmp / 'nowhere'}", "--data.download=false"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err
+
+
+def test_real_mnist_dense_one_epoch(real_mnist, in_tmp, capsys, tmp_path):
+    main(
+        [
+            "fit",
+            "--config", str(CONFIGS / "dense.yaml"),
+            f"--data.data_dir={real_mnist}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )  # fmt: skip
+    acc = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
+    assert acc >= 95.0

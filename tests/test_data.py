@@ -1,0 +1,99 @@
+"""MNISTDataModule through torchvision's real parsing path, on tiny IDX files and archives."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from digits_lightning.data import ARCHIVES, MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
+from tests.conftest import write_tiny_mnist
+
+
+def test_splits_are_seeded_disjoint_tensors(tiny_mnist):
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), val_size=200, batch_size=64)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.train_set) == 1000 and len(dm.val_set) == 200 and len(dm.test_set) == 300
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (28, 28)
+    again = MNISTDataModule(data_dir=str(tiny_mnist), val_size=200)
+    again.setup("fit")
+    assert torch.equal(again.val_set.labels, dm.val_set.labels)
+    other = MNISTDataModule(data_dir=str(tiny_mnist), val_size=200, split_seed=1)
+    other.setup("fit")
+    assert not torch.equal(other.val_set.images, dm.val_set.images)
+
+
+def test_loader_serves_whole_batches_by_index(tiny_mnist):
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), val_size=200, batch_size=64)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert [len(y) for _, y in batches] == [64] * 15 + [40]
+    x, y = batches[0]
+    assert x.shape == (64, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    seen = torch.cat([y for _, y in batches])
+    assert torch.equal(seen.sort().values, dm.train_set.labels.sort().values)  # a permutation, nothing lost
+
+
+@pytest.mark.parametrize("normalize", ["unit", "standard"])
+def test_normalisation_and_channel_reshape(tiny_mnist, normalize):
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), normalize=normalize)
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, :, 14:] = 255
+    x = dm.normalize_images(images)
+    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.float32
+    lo, hi = (0.0, 1.0) if normalize == "unit" else (-MNIST_MEAN / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
+    assert x.min().item() == pytest.approx(lo) and x.max().item() == pytest.approx(hi)
+
+
+def test_archive_folder_is_read_only_and_extracted_in_cache(tmp_path):
+    # A folder that directly holds .gz archives, as ../shared/datasets/mnist does.
+    src = write_tiny_mnist(tmp_path / "src") / "MNIST" / "raw"
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for name in ARCHIVES:
+        with open(src / name.removesuffix(".gz"), "rb") as f, gzip.open(archives / name, "wb") as g:
+            shutil.copyfileobj(f, g)
+    dm = MNISTDataModule(data_dir=str(archives), cache_dir=str(tmp_path / "cache"), download=False)
+    # The tiny archives are not the official ones, so the MD5 check refuses them, naming the file.
+    with pytest.raises(MNISTDataError, match="train-images-idx3-ubyte.gz is damaged"):
+        dm.prepare_data()
+    assert sorted(p.name for p in archives.iterdir()) == sorted(ARCHIVES)  # nothing written there
+
+
+def test_real_archive_folder_loads_offline(real_mnist, tmp_path):
+    dm = MNISTDataModule(data_dir=str(real_mnist), cache_dir=str(tmp_path), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.train_set) == 55_000 and len(dm.val_set) == 5_000 and len(dm.test_set) == 10_000
+    assert dm.raw_dir == tmp_path / "MNIST" / "raw"
+
+
+def test_corrupted_archive_is_named_with_the_fix(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.raises(MNISTDataError, match=r"train-images-idx3-ubyte.gz is damaged .* Replace it"):
+        dm.prepare_data()
+
+
+def test_truncated_extracted_file_is_refused(tmp_path):
+    raw = write_tiny_mnist(tmp_path) / "MNIST" / "raw"
+    f = raw / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(MNISTDataError, match=r"t10k-images-idx3-ubyte: it holds .* \(truncated"):
+        MNISTDataModule(data_dir=str(tmp_path)).prepare_data()
+
+
+def test_missing_files_offline_say_what_to_put_where(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    with pytest.raises(MNISTDataError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(name in message for name in ARCHIVES) and "--data.data_dir" in message
