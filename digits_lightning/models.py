@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -31,9 +32,12 @@ class DigitClassifier(LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be positive, got {lr}")
-        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        # Per-stage running metrics, updated every step and logged once per epoch: `self.log` in
+        # every step costs more than a whole step of these tiny networks.
+        self.metrics = nn.ModuleDict()
+        for stage in ("train", "val", "test"):
+            self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")
+            self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self._compiled = None
 
     def setup(self, stage: str) -> None:
@@ -54,12 +58,15 @@ class DigitClassifier(LightningModule):
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        acc = getattr(self, f"{stage}_acc")
-        acc(logits, y)
-        # Epoch-level logging only: per-step logging costs more than a step of these tiny nets.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.metrics[f"{stage}_loss"].update(loss.detach(), len(y))
+        self.metrics[f"{stage}_acc"].update(logits.detach(), y)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log `<stage>_loss` and `<stage>_acc` (synchronised across processes) and start afresh."""
+        for name in (f"{stage}_loss", f"{stage}_acc"):
+            self.log(name, self.metrics[name].compute(), prog_bar=name == "val_acc")
+            self.metrics[name].reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -69,6 +76,15 @@ class DigitClassifier(LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""

@@ -1,0 +1,144 @@
+"""Lightning overhead and data-path speed-up, on the same model, recipe and tensors.
+
+Runs, interleaved and repeated (medians):
+  lightning  - our stack: MNISTDataModule + the model + Trainer (as `fit` builds it), fit loop time
+  plain      - a hand-written PyTorch loop over the same in-memory tensors, same recipe
+  per-sample - the recipe most users write: torchvision MNIST with ToTensor + Normalize through a
+               DataLoader (per-sample PIL conversion + collate), same model and optimiser
+and prints seconds per epoch and the ratios lightning/plain (target <= 1.15) and per-sample/lightning.
+
+    python benchmarks/lightning_overhead.py --data_dir ../shared/datasets/mnist --model dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer, seed_everything
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import MNIST
+
+from benchmarks.hardware import describe
+from digits_lightning.callbacks import Report
+from digits_lightning.cli import skip_nvml_probe_without_gpu
+from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+from digits_lightning.models import CNNClassifier, DenseClassifier
+
+warnings.filterwarnings("ignore")
+MODELS = {"dense": (DenseClassifier, "unit", 128), "cnn": (CNNClassifier, "standard", 256)}
+
+
+def make(model: str):
+    cls, normalize, batch_size = MODELS[model]
+    return cls(), normalize, batch_size
+
+
+def lightning_epoch_seconds(args) -> float:
+    seed_everything(0, verbose=False)
+    model, normalize, batch_size = make(args.model)
+    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir, normalize=normalize, batch_size=batch_size)
+    report = Report()
+    trainer = Trainer(
+        max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[report],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return report.train_seconds / args.epochs
+
+
+def _plain_fit(model, batches, val_batches, epochs: int) -> float:
+    """The recipe by hand: Adam + one-cycle, per-epoch train loss/accuracy and a validation pass."""
+    hp = model.hparams
+    net = model.net
+    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+    steps = epochs * sum(1 for _ in batches())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        net.train()
+        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+        for x, y in batches():
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        net.eval()
+        with torch.no_grad():
+            val_correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in val_batches())
+        _ = (loss_sum / seen).item(), int(correct) / seen, val_correct
+    return (time.perf_counter() - start) / epochs
+
+
+def plain_epoch_seconds(args) -> float:
+    seed_everything(0, verbose=False)
+    model, normalize, batch_size = make(args.model)
+    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir, normalize=normalize, batch_size=batch_size)
+    dm.setup("fit")
+    tx, ty, vx, vy = dm.train_set.images, dm.train_set.labels, dm.val_set.images, dm.val_set.labels
+
+    def batches():
+        order = torch.randperm(len(ty))
+        for i in range(0, len(ty), batch_size):
+            idx = order[i : i + batch_size]
+            yield dm.normalize_images(tx[idx]), ty[idx]
+
+    def val_batches():
+        for i in range(0, len(vy), batch_size):
+            yield dm.normalize_images(vx[i : i + batch_size]), vy[i : i + batch_size]
+
+    return _plain_fit(model, batches, val_batches, args.epochs)
+
+
+def per_sample_epoch_seconds(args) -> float:
+    seed_everything(0, verbose=False)
+    model, normalize, batch_size = make(args.model)
+    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir)
+    dm.prepare_data()
+    steps = [transforms.ToTensor()] + ([transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))] if normalize == "standard" else [])
+    full = MNIST(str(dm.root), train=True, transform=transforms.Compose(steps))
+    train, val = torch.utils.data.random_split(full, [55_000, 5_000], generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=args.workers)
+    val_loader = DataLoader(val, batch_size=batch_size, num_workers=args.workers)
+    return _plain_fit(model, lambda: loader, lambda: val_loader, args.epochs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--model", choices=sorted(MODELS), default="dense")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
+    parser.add_argument("--skip_per_sample", action="store_true")
+    args = parser.parse_args()
+    skip_nvml_probe_without_gpu()  # as `python -m digits_lightning` does
+    print(describe())
+    runs = {"lightning": lightning_epoch_seconds, "plain": plain_epoch_seconds}
+    if not args.skip_per_sample:
+        runs["per-sample"] = per_sample_epoch_seconds
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every variant alike
+        for name, run in runs.items():
+            times[name].append(run(args))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{args.model} {name:<10} {med[name]:6.2f} s/epoch  (runs: {', '.join(f'{x:.2f}' for x in t)})")
+    print(f"{args.model} ratio lightning/plain      {med['lightning'] / med['plain']:.2f}  (target <= 1.15)")
+    if "per-sample" in med:
+        print(f"{args.model} ratio per-sample/lightning {med['per-sample'] / med['lightning']:.2f}  (speed-up of our data path)")
+
+
+if __name__ == "__main__":
+    main()
