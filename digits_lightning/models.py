@@ -49,7 +49,7 @@ class DigitClassifier(LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self._compiled is None else self._compiled)(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
@@ -59,16 +59,17 @@ class DigitClassifier(LightningModule):
         # Epoch-level logging only: per-step logging costs more than a step of these tiny nets.
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits, for the confusion matrix and the mistakes (`callbacks.TestPictures`)."""
+        return self._step(batch, "test")[1]
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""
