@@ -161,7 +161,8 @@ class TestPictures(_Pictures):
         counts = self.matrix.compute().cpu().numpy()  # on every process: it gathers their counts
         total, wrong = int(counts.sum()), int(counts.sum() - np.trace(counts))
         step = trainer.global_step
-        self._publish(trainer, "confusion_matrix", "Confusion matrix", plots.confusion_matrix(counts, "Test set"), step)
+        fig = plots.confusion_matrix(counts, "Confusion matrix of the test set")
+        self._publish(trainer, "confusion_matrix", "Confusion matrix", fig, step)
         images, true, predicted, confidence = (t.cpu().numpy() for t in self.mistakes)
         fig = plots.misclassified_grid(images, true, predicted, confidence, total=total, wrong=wrong)
         self._publish(trainer, "misclassified", "Worst mistakes", fig, step)
@@ -209,7 +210,8 @@ class HParams(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         logger = self._logger(trainer)
         if self._logged and logger is not None:
-            _say(f"{'TensorBoard:':18}{logger.log_dir} (scalars, images, hparams): tensorboard --logdir {logger.save_dir}")
+            where = f"{logger.log_dir} (scalars, images, hparams)"
+            _say(f"{'TensorBoard:':18}{where}: tensorboard --logdir {logger.save_dir}")
         self._logged = False
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, metrics: dict[str, float]) -> None:
@@ -232,8 +234,8 @@ class HParams(Callback):
 def _hyperparameters(trainer: Trainer, pl_module: LightningModule) -> dict:
     """What tells runs apart: the model class and its settings, the data settings, the epochs."""
     params = {"model": type(pl_module).__name__, **pl_module.hparams}
-    if trainer.state.fn == TrainerFn.FITTING:
-        params["max_epochs"] = trainer.max_epochs
+    # TensorBoard takes the columns from any one run's declaration, so a test declares the same keys.
+    params["max_epochs"] = trainer.max_epochs if trainer.state.fn == TrainerFn.FITTING else math.nan
     datamodule = trainer.datamodule
     if datamodule is not None:
         params.update(datamodule.hparams)

@@ -198,7 +198,8 @@ def main(args: list[str] | None = None) -> None:
     parser.add_subcommands().add_subcommand("samples", samples)
     config = parser.parse_args(args)
     try:
-        options = parser.instantiate_classes(config).samples
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+        options = instantiate(config).samples
         if options.count < 1:
             raise ValueError(f"--count must be at least 1, got {options.count}")
         images, labels = training_samples(options.data, options.count)
