@@ -195,7 +195,7 @@ def main(args: list[str] | None = None) -> None:
     samples.add_argument("--count", type=int, default=32, help="how many images (the first of the training split)")
     samples.add_argument("--out", type=str, default="samples.png", help="the PNG to write")
     parser = ArgumentParser(prog="python -m digits_lightning.plots", description=__doc__.splitlines()[0])
-    parser.add_subcommands().add_subcommand("samples", samples)
+    parser.add_subcommands().add_subcommand("samples", samples, help="the grid of training images with their labels")
     config = parser.parse_args(args)
     try:
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
