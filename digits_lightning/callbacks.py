@@ -72,7 +72,7 @@ class _Pictures(Callback):
 
     @staticmethod
     def _active(trainer: Trainer) -> bool:
-        return trainer.logger is not None and not trainer.fast_dev_run
+        return trainer.logger is not None and trainer.log_dir is not None and not trainer.fast_dev_run
 
     def _publish(self, trainer: Trainer, name: str, label: str, fig: Figure, step: int) -> None:
         if not trainer.is_global_zero:
@@ -111,7 +111,8 @@ class TrainingPictures(_Pictures):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Validation runs inside the training epoch, so `_val` is this epoch's (or empty: no validation).
-        self.history.append({**_metrics(trainer, "train_acc", "train_loss"), **self._val})
+        epoch = {"epoch": trainer.current_epoch + 1}  # from 1, and right after resuming from a checkpoint
+        self.history.append({**epoch, **_metrics(trainer, "train_acc", "train_loss"), **self._val})
         self._val = {}
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

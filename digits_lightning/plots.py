@@ -42,11 +42,12 @@ def learning_curves(history: list[dict[str, float]], title: str = "Learning curv
     """Accuracy and loss per epoch, training against validation, with the best validation epoch marked.
 
     `history` holds one dict per epoch with any of `train_acc`, `val_acc`, `train_loss`, `val_loss`
-    (missing or NaN values are left out, e.g. epochs without validation). Epochs count from 1.
+    (missing or NaN values are left out, e.g. epochs without validation) and its `epoch`, counted
+    from 1 (by default its place in the list).
     """
     fig = Figure(figsize=(10, 4), dpi=DPI, layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
-    epochs = np.arange(1, len(history) + 1)
+    epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
     best = best_epoch(history)
     for ax, metric, scale, label in ((acc_ax, "acc", 100, "accuracy (%)"), (loss_ax, "loss", 1, "cross-entropy loss")):
         for stage, colour, name in (("train", TRAIN, "training"), ("val", VAL, "validation")):
@@ -57,11 +58,11 @@ def learning_curves(history: list[dict[str, float]], title: str = "Learning curv
         if best is not None:
             value = scale * history[best].get(f"val_{metric}", math.nan)
             shown = f"{value:.2f}%" if metric == "acc" else f"{value:.4f}"
-            ax.axvline(best + 1, color="0.6", linestyle="--", linewidth=1)
-            ax.plot([best + 1], [value], "*", color=VAL, markersize=14, label=f"best epoch ({best + 1}): {shown}")
+            ax.axvline(epochs[best], color="0.6", linestyle="--", linewidth=1)
+            ax.plot(epochs[best], value, "*", color=VAL, markersize=14, label=f"best epoch ({epochs[best]}): {shown}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.set_xlim(0.5, len(history) + 0.5)
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend(loc="best")

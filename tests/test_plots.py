@@ -108,6 +108,14 @@ def test_figures_render_at_their_size_and_save_atomically(tmp_path):
     assert plots.best_epoch(history) == 0 and plots.best_epoch([{"train_acc": 0.5}]) is None
 
 
+def test_learning_curves_number_epochs_as_logged_and_star_the_best():
+    resumed = [{"epoch": 4, "val_acc": 0.9, "val_loss": 0.3}, {"epoch": 5, "val_acc": 0.95, "val_loss": 0.2}]
+    acc_ax, loss_ax = plots.learning_curves(resumed).axes
+    assert acc_ax.get_xlim() == (3.5, 5.5)
+    labels = acc_ax.get_legend_handles_labels()[1] + loss_ax.get_legend_handles_labels()[1]
+    assert "best epoch (5): 95.00%" in labels and "best epoch (5): 0.2000" in labels
+
+
 def test_a_failed_write_leaves_the_old_png_and_no_temp_file(tmp_path):
     path = plots.save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.png")
     with pytest.raises((TypeError, ValueError)):
