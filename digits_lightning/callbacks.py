@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
+import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from matplotlib.figure import Figure
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from digits_lightning import plots
 
 
 class Report(Callback):
@@ -35,3 +45,212 @@ class Report(Callback):
     @rank_zero_only
     def _print(self, line: str) -> None:
         print(line, flush=True)
+
+
+# -- pictures and the HPARAMS tab ------------------------------------------------------------------
+
+
+def training_samples(datamodule, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of the training split as the model sees them: normalised, and
+    distorted when augmentation is on (seeded, and outside the training's own random stream)."""
+    if not hasattr(datamodule, "train_set"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    images, labels = datamodule.train_set.images[:count], datamodule.train_set.labels[:count]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x = datamodule.normalize_images(images, augment=True)
+    return x.cpu().numpy(), labels.cpu().numpy()
+
+
+class _Pictures(Callback):
+    """Figures become `<name>.png` in the run's log folder and, with TensorBoard, the image `<name>`;
+    where each went is printed when the stage ends. Nothing happens without a logger or in fast_dev_run."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[str, Path]] = []
+
+    @staticmethod
+    def _active(trainer: Trainer) -> bool:
+        return trainer.logger is not None and trainer.log_dir is not None and not trainer.fast_dev_run
+
+    def _publish(self, trainer: Trainer, name: str, label: str, fig: Figure, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        rgb = plots.render(fig)
+        self.written.append((label, plots.save_png(rgb, Path(trainer.log_dir) / f"{name}.png")))
+        if isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger.experiment.add_image(name, rgb, step, dataformats="HWC")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for label, path in self.written:
+            _say(f"{label + ':':18}{path}")
+        self.written.clear()
+
+
+class TrainingPictures(_Pictures):
+    """`samples`: a grid of training images with their labels, when fit starts.
+    `learning_curves`: accuracy and loss per epoch, training against validation, when fit ends."""
+
+    def __init__(self, samples: int = 32) -> None:
+        super().__init__()
+        self.samples = samples
+        self.history: list[dict[str, float]] = []  # one entry per epoch, from what the model logged
+        self._val: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.history, self._val = [], {}
+        if self._active(trainer) and hasattr(trainer.datamodule, "normalize_images"):
+            images, labels = training_samples(trainer.datamodule, self.samples)
+            fig = plots.sample_grid(images, labels, augmented=getattr(trainer.datamodule, "augment", None) is not None)
+            self._publish(trainer, "samples", "Training samples", fig, step=0)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._val = _metrics(trainer, "val_acc", "val_loss")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Validation runs inside the training epoch, so `_val` is this epoch's (or empty: no validation).
+        epoch = {"epoch": trainer.current_epoch + 1}  # from 1, and right after resuming from a checkpoint
+        self.history.append({**epoch, **_metrics(trainer, "train_acc", "train_loss"), **self._val})
+        self._val = {}
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.history and self._active(trainer):
+            title = f"Learning curves of {type(pl_module).__name__}"
+            fig = plots.learning_curves(self.history, title)
+            self._publish(trainer, "learning_curves", "Learning curves", fig, trainer.global_step)
+
+
+class TestPictures(_Pictures):
+    """After test: `confusion_matrix` and `misclassified` (the most confident mistakes).
+
+    Needs `test_step` to return the logits. With several processes the matrix covers every test
+    image, the mistakes those of the first process.
+    """
+
+    def __init__(self, worst: int = 24) -> None:
+        super().__init__()
+        self.worst = worst
+        self.matrix: MulticlassConfusionMatrix | None = None
+        self.mistakes: list[torch.Tensor] = []  # images, true, predicted, confidence; most confident first
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.matrix = MulticlassConfusionMatrix(num_classes=10).to(pl_module.device) if self._active(trainer) else None
+        self.mistakes = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.matrix is None:
+            return
+        if not isinstance(outputs, torch.Tensor):
+            rank_zero_warn("TestPictures: test_step returned no logits, so there is no confusion matrix.")
+            self.matrix = None
+            return
+        x, y = batch
+        self.matrix.update(outputs, y)
+        confidence, predicted = outputs.softmax(dim=1).max(dim=1)
+        wrong = predicted != y
+        found = [x[wrong], y[wrong], predicted[wrong], confidence[wrong]]
+        if self.mistakes:
+            found = [torch.cat(pair) for pair in zip(self.mistakes, found)]
+        keep = found[3].argsort(descending=True)[: self.worst]
+        self.mistakes = [t[keep].detach() for t in found]
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.matrix is None or not self.mistakes:
+            return
+        counts = self.matrix.compute().cpu().numpy()  # on every process: it gathers their counts
+        total, wrong = int(counts.sum()), int(counts.sum() - np.trace(counts))
+        step = trainer.global_step
+        fig = plots.confusion_matrix(counts, "Confusion matrix of the test set")
+        self._publish(trainer, "confusion_matrix", "Confusion matrix", fig, step)
+        images, true, predicted, confidence = (t.cpu().numpy() for t in self.mistakes)
+        fig = plots.misclassified_grid(images, true, predicted, confidence, total=total, wrong=wrong)
+        self._publish(trainer, "misclassified", "Worst mistakes", fig, step)
+
+
+class HParams(Callback):
+    """Each run's hyperparameters beside its final metrics in TensorBoard's HPARAMS tab.
+
+    The tab shows each metric's latest value, so `fit` declares `hp/val_acc`, `hp/val_loss`,
+    `hp/test_acc` and `hp/test_loss` as NaN when it starts (the run is listed while it trains) and
+    logs them when known: the best epoch's validation metrics (the checkpoint the test after fit
+    uses) when fit ends, the test metrics when test ends. A `test` on its own writes its row then.
+    """
+
+    METRICS = ("val_acc", "val_loss", "test_acc", "test_loss")
+
+    def __init__(self) -> None:
+        self._declared_in: str | None = None  # the log folder whose hyperparameters are written
+        self._best_val: dict[str, float] = {}
+        self._logged = False
+
+    @staticmethod
+    def _logger(trainer: Trainer) -> TensorBoardLogger | None:
+        logger = trainer.logger
+        return logger if isinstance(logger, TensorBoardLogger) and not trainer.fast_dev_run else None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._best_val = {}
+        logger = self._logger(trainer)
+        if logger is not None:
+            self._declare(trainer, pl_module, logger, {}, step=0)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            val = _metrics(trainer, "val_acc", "val_loss")
+            if val.get("val_acc", -math.inf) > self._best_val.get("val_acc", -math.inf):
+                self._best_val = val
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, self._best_val)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, _metrics(trainer, "test_acc", "test_loss"))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = self._logger(trainer)
+        if self._logged and logger is not None:
+            where = f"{logger.log_dir} (scalars, images, hparams)"
+            _say(f"{'TensorBoard:':18}{where}: tensorboard --logdir {logger.save_dir}")
+        self._logged = False
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, metrics: dict[str, float]) -> None:
+        logger = self._logger(trainer)
+        if logger is None or not metrics:
+            return
+        metrics = {f"hp/{name}": value for name, value in metrics.items()}
+        if self._declared_in == logger.log_dir:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        else:
+            self._declare(trainer, pl_module, logger, metrics, step=trainer.global_step)
+        self._logged = True
+
+    def _declare(self, trainer, pl_module, logger: TensorBoardLogger, known: dict[str, float], step: int) -> None:
+        metrics = {f"hp/{name}": math.nan for name in self.METRICS} | known
+        logger.log_hyperparams(_hyperparameters(trainer, pl_module), metrics, step=step)
+        self._declared_in = logger.log_dir
+
+
+def _hyperparameters(trainer: Trainer, pl_module: LightningModule) -> dict:
+    """What tells runs apart: the model class and its settings, the data settings, the epochs."""
+    params = {"model": type(pl_module).__name__, **pl_module.hparams}
+    # TensorBoard takes the columns from any one run's declaration, so a test declares the same keys.
+    params["max_epochs"] = trainer.max_epochs if trainer.state.fn == TrainerFn.FITTING else math.nan
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        params.update(datamodule.hparams)
+        if hasattr(datamodule, "augment"):
+            params["augment"] = repr(datamodule.augment) if datamodule.augment else "off"
+    # Private keys (`_class_path`) and the predict-only options say nothing about a run's results.
+    return {name: value for name, value in params.items() if not name.startswith(("_", "predict_"))}
+
+
+def _metrics(trainer: Trainer, *names: str) -> dict[str, float]:
+    metrics = trainer.callback_metrics
+    return {name: float(metrics[name]) for name in names if name in metrics}
+
+
+@rank_zero_only
+def _say(line: str) -> None:
+    print(line, flush=True)

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from digits_lightning.callbacks import Report
+from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
 from digits_lightning.data import MNISTDataError, MNISTDataModule
 from digits_lightning.models import DigitClassifier
 
@@ -36,7 +36,7 @@ class DigitsCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
                 },
-                "callbacks": [Report()],
+                "callbacks": [Report(), TrainingPictures(), TestPictures(), HParams()],
             },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Train digit classifiers on MNIST and read your own digit images."},

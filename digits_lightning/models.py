@@ -53,14 +53,14 @@ class DigitClassifier(LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self._compiled is None else self._compiled)(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         self.metrics[f"{stage}_loss"].update(loss.detach(), len(y))
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
-        return loss
+        return loss, logits
 
     def _log_epoch(self, stage: str) -> None:
         """Log `<stage>_loss` and `<stage>_acc` (synchronised across processes) and start afresh."""
@@ -69,13 +69,14 @@ class DigitClassifier(LightningModule):
             self.metrics[name].reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits, for the confusion matrix and the mistakes (`callbacks.TestPictures`)."""
+        return self._step(batch, "test")[1]
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
