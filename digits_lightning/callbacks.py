@@ -75,10 +75,11 @@ class _Pictures(Callback):
         return trainer.logger is not None and trainer.log_dir is not None and not trainer.fast_dev_run
 
     def _publish(self, trainer: Trainer, name: str, label: str, fig: Figure, step: int) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask, not only the first
         if not trainer.is_global_zero:
             return
         rgb = plots.render(fig)
-        self.written.append((label, plots.save_png(rgb, Path(trainer.log_dir) / f"{name}.png")))
+        self.written.append((label, plots.save_png(rgb, Path(log_dir) / f"{name}.png")))
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_image(name, rgb, step, dataformats="HWC")
 
@@ -97,9 +98,10 @@ class TrainingPictures(_Pictures):
         self.samples = samples
         self.history: list[dict[str, float]] = []  # one entry per epoch, from what the model logged
         self._val: dict[str, float] = {}
+        self._ended: int | None = None  # the epoch whose record waits for its training metrics
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.history, self._val = [], {}
+        self.history, self._val, self._ended = [], {}, None
         if self._active(trainer) and hasattr(trainer.datamodule, "normalize_images"):
             images, labels = training_samples(trainer.datamodule, self.samples)
             fig = plots.sample_grid(images, labels, augmented=getattr(trainer.datamodule, "augment", None) is not None)
@@ -110,10 +112,21 @@ class TrainingPictures(_Pictures):
             self._val = _metrics(trainer, "val_acc", "val_loss")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Validation runs inside the training epoch, so `_val` is this epoch's (or empty: no validation).
-        epoch = {"epoch": trainer.current_epoch + 1}  # from 1, and right after resuming from a checkpoint
-        self.history.append({**epoch, **_metrics(trainer, "train_acc", "train_loss"), **self._val})
-        self._val = {}
+        self._ended = trainer.current_epoch + 1  # from 1, and right after resuming from a checkpoint
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer)
+
+    def _record(self, trainer: Trainer) -> None:
+        """Take the epoch that just ended into the history. The module logs its training metrics in its
+        own `on_train_epoch_end`, which Lightning calls after the callbacks', so this waits for the next
+        epoch's start (or the end of training). Validation ran inside the epoch: `_val` is its own."""
+        if self._ended is not None:
+            self.history.append({"epoch": self._ended, **_metrics(trainer, "train_acc", "train_loss"), **self._val})
+        self._ended, self._val = None, {}
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.history and self._active(trainer):

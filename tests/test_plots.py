@@ -283,3 +283,24 @@ def test_without_tensorboard_pictures_go_to_the_logger_folder_or_nowhere(tiny_mn
     else:
         assert [p.name for p in pngs] == sorted(f"{name}.png" for name in PICTURES)
         assert all(str(p) in out for p in pngs) and not list(in_tmp.rglob("events.out.tfevents.*"))
+
+
+def test_learning_curves_hold_each_epochs_own_metrics(tiny_mnist, tmp_path):
+    """The module logs training metrics after the callbacks' `on_train_epoch_end`: no epoch may be
+    drawn with the previous epoch's figures."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from digits_lightning.callbacks import TrainingPictures
+    from digits_lightning.data import MNISTDataModule
+    from digits_lightning.models import DenseClassifier
+
+    pictures = TrainingPictures()
+    logger = TensorBoardLogger(tmp_path, name="", default_hp_metric=False)
+    trainer = Trainer(max_epochs=3, logger=logger, callbacks=[pictures], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(DenseClassifier(), datamodule=MNISTDataModule(str(tiny_mnist), val_size=200, batch_size=100))
+    acc = _events(Path(logger.log_dir))
+    for tag in EPOCH_METRICS:
+        logged = [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)]
+        assert [epoch[tag] for epoch in pictures.history] == pytest.approx(logged), tag
+    assert [epoch["epoch"] for epoch in pictures.history] == [1, 2, 3]
