@@ -36,6 +36,7 @@ class DigitsCLI(LightningCLI):
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
                 },
                 "callbacks": [Report()],
+                "plugins": [{"class_path": "digits_lightning.checkpoints.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Train digit classifiers on MNIST and read your own digit images."},

@@ -12,6 +12,8 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from digits_lightning.checkpoints import check_weights_fit
+
 
 class DigitClassifier(LightningModule):
     """What both networks share: the steps, the metrics and the optimiser. Subclasses set `self.net`."""
@@ -74,6 +76,10 @@ class DigitClassifier(LightningModule):
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""
         probs = self(batch["image"]).softmax(dim=1)
         return {**batch, "probs": probs}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse the weights of another network or version with one clear error, before loading them."""
+        check_weights_fit(self, checkpoint, getattr(self._trainer, "ckpt_path", None))
 
     def configure_optimizers(self):
         hp = self.hparams
