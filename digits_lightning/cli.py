@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from digits_lightning.callbacks import Report
 from digits_lightning.data import MNISTDataError, MNISTDataModule
 from digits_lightning.models import DigitClassifier
+from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
 
@@ -35,7 +36,7 @@ class DigitsCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
                 },
-                "callbacks": [Report()],
+                "callbacks": [Report(), SeedEachEpoch()],
                 "plugins": [{"class_path": "digits_lightning.checkpoints.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},

@@ -19,6 +19,7 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
 from digits_lightning.augment import Augment
+from digits_lightning.resume import EpochShuffle
 
 # Batches are index-slices of tensors already in memory: worker processes would only add IPC.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -216,7 +217,12 @@ class MNISTDataModule(LightningDataModule):
             self.predict_set = ImageFiles(self.hparams.predict_path)
 
     def _loader(self, dataset: TensorBatches, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=keep_batch)
+        # Seeded per epoch, and a private generator for the iterator's own seed: no loader draws from
+        # the global generator, so a resumed fit repeats an uninterrupted one exactly (see resume.py).
+        sampler = EpochShuffle(len(dataset)) if shuffle else None
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, sampler=sampler, generator=torch.Generator(), collate_fn=keep_batch
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
