@@ -216,7 +216,8 @@ class MNISTDataModule(LightningDataModule):
         images, labels = self._extracted(f"{prefix}-images-idx3-ubyte"), self._extracted(f"{prefix}-labels-idx1-ubyte")
         fix = " Delete the extracted files so they are extracted again from the official archives."
         if len(split.data) != len(split.targets):
-            raise MNISTDataError(f"{images} holds {len(split.data)} images but {labels} {len(split.targets)} labels." + fix)
+            counts = f"{len(split.data)} images but {labels} {len(split.targets)} labels"
+            raise MNISTDataError(f"{images} holds {counts}." + fix)
         if len(split.targets) and not 0 <= int(split.targets.min()) <= int(split.targets.max()) <= 9:
             raise MNISTDataError(f"{labels} holds labels outside 0-9." + fix)
         return split.data, split.targets
@@ -249,7 +250,11 @@ class MNISTDataModule(LightningDataModule):
         # the global generator, so a resumed fit repeats an uninterrupted one exactly (see resume.py).
         sampler = EpochShuffle(len(dataset)) if shuffle else None
         return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, sampler=sampler, generator=torch.Generator(), collate_fn=keep_batch
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            generator=torch.Generator(),
+            collate_fn=keep_batch,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from digits_lightning.checkpoints import check_weights_fit
+from digits_lightning.checkpoints import check_schedule_fits, check_weights_fit
 
 
 class DigitClassifier(LightningModule):
@@ -79,7 +79,10 @@ class DigitClassifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse the weights of another network or version with one clear error, before loading them."""
-        check_weights_fit(self, checkpoint, getattr(self._trainer, "ckpt_path", None))
+        path = getattr(self._trainer, "ckpt_path", None)
+        check_weights_fit(self, checkpoint, path)
+        if self._trainer is not None and self.trainer.state.fn == "fit" and self.hparams.one_cycle:
+            check_schedule_fits(checkpoint, self.trainer.estimated_stepping_batches, path)
 
     def configure_optimizers(self):
         hp = self.hparams
