@@ -156,6 +156,8 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     (leftover,) = last.parent.glob(".last.ckpt.*.tmp")  # hidden, and not taken for a checkpoint by Lightning
     io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "epoch": 2}, last)
     assert not leftover.exists() and io.load_checkpoint(last)["epoch"] == 2
+    (tmp_path / "plain").touch()
+    assert last.stat().st_mode == (tmp_path / "plain").stat().st_mode  # not the temporary file's 0600
 
 
 def test_cli_trainer_writes_checkpoints_atomically(in_tmp):
