@@ -113,6 +113,35 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist, referenc
     }
 
 
+DIE_BEFORE_SECOND_LAST_CKPT = """
+import os, signal, sys
+from lightning.pytorch.callbacks import ModelCheckpoint
+from digits_lightning.cli import main
+
+save_last = ModelCheckpoint._save_last_checkpoint
+def die_in_second_epoch(self, trainer, candidates):
+    if trainer.current_epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_last(self, trainer, candidates)
+ModelCheckpoint._save_last_checkpoint = die_in_second_epoch
+main(sys.argv[1:])
+"""
+
+
+def test_fit_killed_between_best_and_last_checkpoint_resumes_to_the_same_result(tiny_mnist, reference, tmp_path):
+    # The narrowest window: epoch 1's best checkpoint is written (and epoch 0's deleted), last.ckpt not yet.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run([sys.executable, "-c", DIE_BEFORE_SECOND_LAST_CKPT, *fit_args(tiny_mnist)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    folder = tmp_path / "checkpoints" / "dense"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 0 and list(folder.glob("epoch=01-*.ckpt"))
+
+    fit_in(tmp_path, *fit_args(tiny_mnist, "--ckpt_path=last"))
+    assert logged(tmp_path) == logged(reference)
+    assert_same_weights(folder / "last.ckpt", reference / "checkpoints" / "dense" / "last.ckpt")
+
+
 def test_resume_before_the_first_checkpoint_starts_afresh(tiny_mnist, reference, tmp_path):
     # A fit killed before its first epoch ended left no last.ckpt: `--ckpt_path last` starts over.
     fit_in(tmp_path, *fit_args(tiny_mnist, "--ckpt_path=last"))
