@@ -8,7 +8,9 @@ checkpoint's own data settings at evaluation time, and one-line errors instead o
 from __future__ import annotations
 
 import os
+import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
@@ -18,14 +20,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
+from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
 from digits_lightning.data import MNISTDataError, MNISTDataModule
 from digits_lightning.models import DigitClassifier
+from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
 
 
 class DigitsCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self._run = run
         super().__init__(
             model_class=DigitClassifier,
             subclass_mode_model=True,
@@ -36,7 +41,8 @@ class DigitsCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
                 },
-                "callbacks": [Report(), TrainingPictures(), TestPictures(), HParams()],
+                "callbacks": [Report(), SeedEachEpoch(), TrainingPictures(), TestPictures(), HParams()],
+                "plugins": [{"class_path": "digits_lightning.checkpoints.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Train digit classifiers on MNIST and read your own digit images."},
@@ -45,6 +51,11 @@ class DigitsCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        # Raise argument errors (main() prints them as one line) instead of printing the whole usage.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -72,10 +83,25 @@ class DigitsCLI(LightningCLI):
             self.config = parser.parse_object(args)
             return
         args = list(args)
-        if not _names_a_model(args):
-            at = next((i + 1 for i, a in enumerate(args) if a in self.subcommands()), 0)
+        at = next((i + 1 for i, a in enumerate(args) if a in self.subcommands()), None if self._run else 0)
+        if at is not None and not _names_a_model(args):  # (without a subcommand the parser asks for one)
             args.insert(at, f"--model={DEFAULT_MODEL}")
         self.config = parser.parse_args(args)
+        self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        """Refuse what Lightning would accept silently or report with a traceback."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        epochs = config.trainer.max_epochs
+        if subcommand == "fit" and epochs is not None and (epochs == 0 or epochs < -1):
+            raise ValueError(f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {epochs}")
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith("registry:"):
+            # Before LightningCLI reads the checkpoint's class and settings, which fails with a traceback.
+            check_model_class(ckpt, read_checkpoint(ckpt), DigitClassifier)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -104,7 +130,7 @@ class DigitsCLI(LightningCLI):
 
 
 def _names_a_model(args: list[str]) -> bool:
-    if any(a.startswith("--model") for a in args):
+    if any(a == "--model" or a.startswith("--model=") for a in args):
         return True
     configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")]
     configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
@@ -139,9 +165,26 @@ def main(args: list[str] | None = None) -> None:
     skip_nvml_probe_without_gpu()
     try:
         DigitsCLI(args=args)
-    except (MNISTDataError, ValueError, FileNotFoundError) as err:
-        sys.stderr.write(f"error: {err}\n")
+    except (MNISTDataError, CheckpointError, ValueError, FileNotFoundError, ArgumentError) as err:
+        sys.stderr.write(f"error: {_one_line(str(err))}\n")
         raise SystemExit(2) from None
+
+
+# Lines of jsonargparse's nested reports that only repeat the type information.
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "Expected a path but")  # fmt: skip
+
+
+def _one_line(message: str) -> str:
+    """An error message as one line; jsonargparse's nested reports cut down to their reason."""
+    model = re.match(r'Parser key "model":', message)
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE)
+    if model and given and "Given value type: <class 'str'>" in message and "dot import path" in message:
+        names = " or ".join(f"--model {cls.__name__}" for cls in DigitClassifier.__subclasses__())
+        return f"unknown model {given.group(1)!r}: use {names} (or the import path of a DigitClassifier subclass)"
+    message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", message)
+    lines = [re.sub(r"^- ", "", line.strip()) for line in message.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(_NOISE))
 
 
 if __name__ == "__main__":

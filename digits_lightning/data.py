@@ -7,7 +7,9 @@ the device. torchvision still does the download, the checksums and the IDX parsi
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -18,13 +20,22 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
+from digits_lightning.atomic_write import write_atomically
 from digits_lightning.augment import Augment
+from digits_lightning.resume import EpochShuffle
 
 # Batches are index-slices of tensors already in memory: worker processes would only add IPC.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 ARCHIVES = [name for name, _ in MNIST.resources]
+# Size and MD5 of each official file once extracted (torchvision checksums the archives only).
+EXTRACTED = {
+    "train-images-idx3-ubyte": (47040016, "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": (60008, "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": (7840016, "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": (10008, "27ae3e4e09519cfbb04c329615203637"),
+}
 
 
 class MNISTDataError(RuntimeError):
@@ -54,12 +65,17 @@ def keep_batch(batch):
 
 
 def _idx_problem(path: Path) -> str | None:
-    """Why an extracted IDX file cannot be right (its size disagrees with its header), or None."""
-    raw = path.read_bytes()[:16]
+    """Why an extracted IDX file cannot be right (its header or size is not MNIST's), or None."""
+    with open(path, "rb") as f:
+        raw = f.read(16)
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 3:
         return "it is not an uint8 IDX file"
-    ndim = raw[3]
+    ndim, expected_ndim = raw[3], 3 if "-idx3-" in path.name else 1
+    if ndim != expected_ndim or len(raw) < 4 + 4 * ndim:
+        return f"it holds {ndim}-dimensional data, not {'images' if expected_ndim == 3 else 'labels'}"
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [28, 28]:
+        return f"it holds images of {dims[1]}x{dims[2]} pixels, not 28x28"
     n = 1
     for d in dims:
         n *= d
@@ -140,6 +156,7 @@ class MNISTDataModule(LightningDataModule):
                     link.unlink(missing_ok=True)
                     link.symlink_to(source)
         self._check_files()
+        self._extract()
         missing = [n for n in ARCHIVES if not (self.raw_dir / n).exists() and not self._extracted(n).exists()]
         if missing and not self.hparams.download:
             raise MNISTDataError(self._missing_message(missing, "download is off"))
@@ -158,6 +175,8 @@ class MNISTDataModule(LightningDataModule):
             extracted, archive = self._extracted(name), self.raw_dir / name
             if extracted.exists():
                 problem = _idx_problem(extracted)
+                if problem is None and archive.exists() and check_integrity(str(archive), md5):
+                    problem = _official_problem(extracted)  # extracted from the official archive beside it
                 if problem:
                     raise MNISTDataError(
                         f"{extracted}: {problem}. Delete it; it is extracted again from {name}"
@@ -168,6 +187,14 @@ class MNISTDataModule(LightningDataModule):
                     f"{archive.resolve()} is damaged (its MD5 is not the official {md5}). Replace it"
                     " with the official archive, or delete it to download it again."
                 )
+
+    def _extract(self) -> None:
+        """Extract verified archives atomically: a kill mid-way leaves no partial file that looks extracted."""
+        for name in ARCHIVES:
+            archive, extracted = self.raw_dir / name, self._extracted(name)
+            if archive.exists() and not extracted.exists():
+                with gzip.open(archive, "rb") as source:
+                    write_atomically(extracted, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
     def _missing_message(self, missing: list[str], why: str) -> str:
         return (
@@ -185,11 +212,14 @@ class MNISTDataModule(LightningDataModule):
             split = MNIST(self.root, train=train, download=False)
         except RuntimeError as err:
             raise MNISTDataError(self._missing_message([], f"loading failed: {_first_line(err)}")) from None
+        prefix = "train" if train else "t10k"
+        images, labels = self._extracted(f"{prefix}-images-idx3-ubyte"), self._extracted(f"{prefix}-labels-idx1-ubyte")
+        fix = " Delete the extracted files so they are extracted again from the official archives."
         if len(split.data) != len(split.targets):
-            raise MNISTDataError(
-                f"{self.raw_dir}: {len(split.data)} images but {len(split.targets)} labels."
-                " Delete the extracted files so they are extracted again from the archives."
-            )
+            counts = f"{len(split.data)} images but {labels} {len(split.targets)} labels"
+            raise MNISTDataError(f"{images} holds {counts}." + fix)
+        if len(split.targets) and not 0 <= int(split.targets.min()) <= int(split.targets.max()) <= 9:
+            raise MNISTDataError(f"{labels} holds labels outside 0-9." + fix)
         return split.data, split.targets
 
     def setup(self, stage: str) -> None:
@@ -216,7 +246,16 @@ class MNISTDataModule(LightningDataModule):
             self.predict_set = ImageFiles(self.hparams.predict_path)
 
     def _loader(self, dataset: TensorBatches, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=keep_batch)
+        # Seeded per epoch, and a private generator for the iterator's own seed: no loader draws from
+        # the global generator, so a resumed fit repeats an uninterrupted one exactly (see resume.py).
+        sampler = EpochShuffle(len(dataset)) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            generator=torch.Generator(),
+            collate_fn=keep_batch,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -247,6 +286,16 @@ class MNISTDataModule(LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.normalize_images(images, augment=training), labels
+
+
+def _official_problem(path: Path) -> str | None:
+    """Why an extracted file of an official name is not the official file, or None."""
+    size, md5 = EXTRACTED[path.name]
+    if path.stat().st_size != size:
+        return f"it holds {path.stat().st_size} bytes, not the official {size} (truncated or replaced)"
+    if not check_integrity(str(path), md5):
+        return f"its MD5 is not the official {md5} (damaged)"
+    return None
 
 
 def _holds_archives(folder: Path) -> bool:

@@ -13,6 +13,8 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from digits_lightning.checkpoints import check_schedule_fits, check_weights_fit
+
 
 class DigitClassifier(LightningModule):
     """What both networks share: the steps, the metrics and the optimiser. Subclasses set `self.net`."""
@@ -91,6 +93,13 @@ class DigitClassifier(LightningModule):
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""
         probs = self(batch["image"]).softmax(dim=1)
         return {**batch, "probs": probs}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse the weights of another network or version with one clear error, before loading them."""
+        path = getattr(self._trainer, "ckpt_path", None)
+        check_weights_fit(self, checkpoint, path)
+        if self._trainer is not None and self.trainer.state.fn == "fit" and self.hparams.one_cycle:
+            check_schedule_fits(checkpoint, self.trainer.estimated_stepping_batches, path)
 
     def configure_optimizers(self):
         hp = self.hparams
