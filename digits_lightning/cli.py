@@ -115,7 +115,7 @@ class DigitsCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
             # Evaluate with the inputs the model was trained on, whatever the command line says.
-            saved = torch.load(ckpt, weights_only=True, map_location="cpu").get("datamodule_hyper_parameters", {})
+            saved = read_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
             if "normalize" in saved and saved["normalize"] != config.data.normalize:
                 rank_zero_info(f"Using the checkpoint's input normalisation: {saved['normalize']}")
                 config.data.normalize = saved["normalize"]

@@ -12,9 +12,7 @@ writes the grid of training images without training (the same `--data.*` options
 from __future__ import annotations
 
 import math
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image
+
+from digits_lightning.atomic_write import write_atomically
 
 DPI = 100
 COLUMNS = 8  # digits per row in the image grids
@@ -143,15 +143,7 @@ def render(fig: Figure) -> np.ndarray:
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:
     """Writes the picture atomically: a reader (or a crash) never sees half a PNG at `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # not mkstemp: keep the umask's mode
-    try:
-        with open(tmp, "xb") as out:
-            Image.fromarray(rgb).save(out, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda out: Image.fromarray(rgb).save(out, format="PNG", optimize=True))
     return path
 
 

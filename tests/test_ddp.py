@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from digits_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def test_fit_and_test_print_where_each_picture_landed(run):
     for out, folder, names in ((run["fit_out"], run["fit"], PICTURES), (run["test_out"], run["test"], PICTURES[2:])):
         printed = {line.split(":", 1)[1].strip() for line in out.splitlines() if line.endswith(".png")}
         assert printed == {str(Path(folder.relative_to(run["root"])) / f"{name}.png") for name in names}
-        assert f"tensorboard --logdir lightning_logs" in out
+        assert "tensorboard --logdir lightning_logs" in out
     assert "Training samples:" in run["fit_out"] and "Worst mistakes:" in run["fit_out"]
     assert not list(run["test"].glob("samples.png")) and not list(run["test"].glob("learning_curves.png"))
 
