@@ -36,7 +36,7 @@ class DigitsCLI(LightningCLI):
             subclass_mode_model=True,
             datamodule_class=MNISTDataModule,
             trainer_defaults={
-                "max_epochs": 2,
+                "max_epochs": 1,
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},

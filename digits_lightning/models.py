@@ -120,11 +120,11 @@ class DenseClassifier(DigitClassifier):
     def __init__(
         self,
         hidden: int = 128,
-        lr: float = 3e-3,
+        lr: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0.1,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
@@ -148,7 +148,7 @@ class CNNClassifier(DigitClassifier):
         betas: tuple[float, float] = (0.7, 0.9),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0.1,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:

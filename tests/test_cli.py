@@ -63,7 +63,7 @@ def test_dense_config_is_the_reference_network(in_tmp):
     assert layers == ["Flatten", "Linear", "ReLU", "Linear"]
     assert (cli.model.net[1].in_features, cli.model.net[1].out_features, cli.model.net[3].out_features) == (784, 128, 10)
     assert cli.datamodule.hparams.normalize == "unit"
-    assert cli.trainer.max_epochs == 10
+    assert cli.trainer.max_epochs == 6
 
 
 def test_default_fit_is_the_cnn(in_tmp):
@@ -79,7 +79,7 @@ def test_choosing_the_dense_model_does_not_inherit_cnn_settings(in_tmp):
 
     cli = DigitsCLI(args=["--model=DenseClassifier"], run=False)
     assert isinstance(cli.model, DenseClassifier)
-    assert (cli.model.hparams.hidden, cli.model.hparams.lr, tuple(cli.model.hparams.betas)) == (128, 3e-3, (0.9, 0.999))
+    assert (cli.model.hparams.hidden, cli.model.hparams.lr, tuple(cli.model.hparams.betas)) == (128, 0.01, (0.9, 0.999))
 
 
 def test_print_config_round_trips(in_tmp, capsys):
