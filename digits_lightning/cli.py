@@ -23,6 +23,7 @@ from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPi
 from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
 from digits_lightning.data import MNISTDataError, MNISTDataModule
 from digits_lightning.models import DigitClassifier
+from digits_lightning.prediction import NothingPredicted, PredictionError, PredictionWriter
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
@@ -67,6 +68,7 @@ class DigitsCLI(LightningCLI):
                 "checkpoint.filename": "{epoch:02d}-{val_acc:.4f}",
             }
         )
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint at the end"
         )
@@ -98,10 +100,27 @@ class DigitsCLI(LightningCLI):
         epochs = config.trainer.max_epochs
         if subcommand == "fit" and epochs is not None and (epochs == 0 or epochs < -1):
             raise ValueError(f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {epochs}")
+        if subcommand != "fit" and not config.get("ckpt_path"):
+            config.ckpt_path = str(self._newest_checkpoint(config))
+        if subcommand == "predict" and config.get("return_predictions") is None:
+            config.return_predictions = False  # the writer streams them to disk; keeping them all grows without end
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith("registry:"):
             # Before LightningCLI reads the checkpoint's class and settings, which fails with a traceback.
             check_model_class(ckpt, read_checkpoint(ckpt), DigitClassifier)
+
+    @staticmethod
+    def _newest_checkpoint(config) -> Path:
+        """The newest best checkpoint of the chosen model (else its last.ckpt), for commands given none."""
+        folder = Path(config.checkpoint.dirpath or Path("checkpoints") / _model_name(config.model.class_path))
+        best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = best[-1] if best else folder / "last.ckpt"
+        if not found.is_file():
+            raise CheckpointError(
+                f"no checkpoint in {folder}: train one first (python -m digits_lightning fit), or pass --ckpt_path"
+            )
+        rank_zero_info(f"Using checkpoint {found} (the newest best in {folder}; choose another with --ckpt_path)")
+        return found
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -127,6 +146,13 @@ class DigitsCLI(LightningCLI):
         if best:
             rank_zero_info(f"Best checkpoint: {best}")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+
+    def after_predict(self) -> None:
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
+        if writer is not None and writer.total and not writer.predicted:
+            raise NothingPredicted(
+                f"none of the {writer.total:,} images could be predicted: {writer.paths['csv']} says why for each"
+            )
 
 
 def _names_a_model(args: list[str]) -> bool:
@@ -165,7 +191,10 @@ def main(args: list[str] | None = None) -> None:
     skip_nvml_probe_without_gpu()
     try:
         DigitsCLI(args=args)
-    except (MNISTDataError, CheckpointError, ValueError, FileNotFoundError, ArgumentError) as err:
+    except NothingPredicted as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(1) from None
+    except (MNISTDataError, CheckpointError, PredictionError, ValueError, FileNotFoundError, ArgumentError) as err:
         sys.stderr.write(f"error: {_one_line(str(err))}\n")
         raise SystemExit(2) from None
 

@@ -148,6 +148,8 @@ class MNISTDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Make the four files available (links, checksums, extraction, download) on one process."""
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            return  # prediction reads the user's images only: no MNIST needed
         if self.root != self.data_dir:
             self.raw_dir.mkdir(parents=True, exist_ok=True)
             for name in ARCHIVES:

@@ -133,6 +133,48 @@ def misclassified_grid(
     return _image_grid(images, captions, title, caption_colour="firebrick", title_lines=2)
 
 
+def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int = 84) -> Figure:
+    """A contact sheet of predictions: each file as given beside its 28x28 form as the model saw it,
+    under the predicted digit and its confidence (or the file's error), above the file's name.
+
+    `rows` holds `(file name, original RGB uint8 or None, image [28, 28] as normalised for the model,
+    digit or None, confidence, error)` per file; `total` counts all files predicted, for the title.
+    """
+    pair_w, cell_h, pad = 2 * side + 8, side + 44, 10
+    n_rows = math.ceil(len(rows) / columns)
+    mosaic = np.full((n_rows * cell_h + pad, columns * (pair_w + pad) + pad, 3), 255, np.uint8)
+    texts = []
+    for i, (name, original, image, digit, confidence, error) in enumerate(rows):
+        top, left = (i // columns) * cell_h + 24, (i % columns) * (pair_w + pad) + pad
+        if original is not None:
+            thumb = Image.fromarray(original).convert("RGB")
+            thumb.thumbnail((side, side))
+            y, x = top + (side - thumb.height) // 2, left + (side - thumb.width) // 2
+            mosaic[top : top + side, left : left + side] = 235  # a light frame shows the original's extent
+            mosaic[y : y + thumb.height, x : x + thumb.width] = np.asarray(thumb)
+        if not error:
+            seen = np.asarray(image, dtype=np.float32)
+            span = float(seen.max() - seen.min()) or 1.0
+            gray = np.round((seen - seen.min()) / span * 255).astype(np.uint8)
+            big = np.asarray(Image.fromarray(gray).resize((side, side), Image.Resampling.NEAREST))
+            mosaic[top : top + side, left + side + 8 : left + pair_w] = big[..., None]
+        caption = f"error: {error.split(':', 1)[0]}" if error else f"{digit}  ({100 * confidence:.0f}%)"
+        texts.append((left + pair_w / 2, top - 4, caption, "firebrick" if error else "black", 12, "bottom"))
+        texts.append((left + pair_w / 2, top + side + 3, Path(name).name[:30], "0.35", 8, "top"))
+    width = mosaic.shape[1] / DPI
+    grid_height = mosaic.shape[0] / DPI
+    title_height = 0.45
+    fig = Figure(figsize=(width, grid_height + title_height), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, grid_height / fig.get_figheight()))
+    ax.set_axis_off()
+    ax.imshow(mosaic, interpolation="nearest")
+    for x, y, text, colour, size, va in texts:
+        ax.text(x, y, text, ha="center", va=va, fontsize=size, color=colour)
+    shown = f"the first {len(rows)} of {total:,}" if len(rows) < total else f"all {total:,}"
+    fig.suptitle(f"Predictions ({shown} images): as given | as the model saw it", y=1 - 6 / DPI / fig.get_figheight(), va="top")
+    return fig
+
+
 def render(fig: Figure) -> np.ndarray:
     """The figure's pixels, RGB uint8 `[height, width, 3]` (width = inches × DPI)."""
     canvas = FigureCanvasAgg(fig)

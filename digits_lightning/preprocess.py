@@ -1,0 +1,232 @@
+"""Turn anyone's digit image into an MNIST digit: white ink on black, 28x28, centred as MNIST centres.
+
+The reference systems only invert and resize, which fails on real files: MNIST digits are
+size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of mass in a 28x28
+field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
+
+1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
+2. polarity: a light border means dark ink on light paper, which is inverted;
+3. background: a coarse estimate of the paper (uneven lighting) is subtracted, then the paper's
+   noise level is cut off and the ink stretched to full white;
+4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
+5. pasted into 28x28 with its centre of mass in the middle.
+
+The result is uint8, as MNIST's own images; the model's input normalisation happens later, in
+`MNISTDataModule.normalize_images`, exactly as in training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 100_000_000  # larger images are refused: a 12-50 MP photo is fine, a decompression bomb is not
+WORK_SIZE = 512  # images are reduced to at most this many pixels a side before any analysis
+BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
+STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
+MIN_CONTRAST = 0.08  # ink must differ from the paper by this share of the full gray range
+
+
+class ImageError(ValueError):
+    """A file that cannot become a digit; `kind` groups errors in the summary, the message says the fix."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The file's first frame, upright (EXIF), as Pillow decoded it; an `ImageError` for anything else."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageError("unreadable", f"cannot read the file ({err.strerror or err}): check it exists and is readable")
+    if size == 0:
+        raise ImageError("empty", "the file is empty (0 bytes): re-save or re-export the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_PIXELS or width < 1 or height < 1:
+                raise Image.DecompressionBombError(f"{width}x{height} pixels")
+            image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG decodes straight to a smaller size: much faster
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(
+            "too large", f"the image is too large to be a digit ({err}; limit {MAX_PIXELS:,} pixels): crop or shrink it"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            "not an image",
+            "Pillow cannot read this format (it reads PNG, JPEG, BMP, GIF, TIFF, WebP, ...): convert the file to PNG",
+        ) from None
+    except Exception as err:  # Pillow and its codecs raise many types for damaged data; all mean the same here
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ImageError(
+            "damaged", f"the image data is damaged or truncated ({reason}): re-save or re-export the image"
+        ) from None
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block: the pixels are still good, only the orientation is unknown
+        return image
+
+
+def grayscale(image: Image.Image) -> np.ndarray:
+    """Float gray levels, 0 black to 1 white, of any mode; transparent pixels become white paper."""
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(paper, rgba).convert("L"), dtype=np.float32) / 255
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # 16-bit and float images: Pillow's conversion to "L" clips, so scale by the range instead.
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        return np.clip(values / top, 0, 1)
+    if image.mode == "1":
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """An image of one digit -> uint8 `[28, 28]`, white ink on black, as MNIST; `ImageError` if blank."""
+    if max(image.size) > WORK_SIZE:
+        image = image.copy()
+        image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
+    gray = grayscale(image)
+    ink = _ink(gray)
+    box = _crop(ink)
+    return _centre(_fit_box(box))
+
+
+def preprocess_file(path: str | Path) -> np.ndarray:
+    """`load_image` then `to_mnist`: the whole path from a file to the model's 28x28 input."""
+    return to_mnist(load_image(path))
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """Ink strength in [0, 1] (0 paper, 1 the strongest ink), whatever the polarity and lighting."""
+    h, w = gray.shape
+    edge = max(1, min(h, w) // 20)
+    border = np.concatenate([gray[:edge].ravel(), gray[-edge:].ravel(), gray[:, :edge].ravel(), gray[:, -edge:].ravel()])
+    if np.median(border) > 0.5 * (float(gray.min()) + float(gray.max())):
+        gray = 1 - gray  # dark ink on light paper, the usual case: make the ink bright
+    ink = np.clip(gray - _background(gray), 0, None)
+    # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink.
+    threshold = _otsu(ink)
+    paper = ink[ink <= threshold]
+    median = float(np.median(paper)) if paper.size else 0.0
+    noise = 1.4826 * float(np.median(np.abs(paper - median))) if paper.size else 0.0
+    low = min(median + 3 * noise, threshold)
+    strokes = ink[ink > threshold]
+    if strokes.size < 2 or float(np.percentile(strokes, 90)) - low < MIN_CONTRAST:
+        raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
+    high = float(np.percentile(strokes, 90))
+    return np.clip((ink - low) / (high - low), 0, 1)
+
+
+def _background(gray: np.ndarray) -> np.ndarray:
+    """The paper's level everywhere (slow lighting changes), where ink is bright on darker paper.
+
+    Two passes on a coarse grid of cells about 1/16 of the image: an opening (3x3-cell minimum
+    then maximum) finds where the ink is; the paper level is then the average of the cells'
+    paper pixels alone, spread into cells that hold none, so bold strokes never count as paper.
+    """
+    h, w = gray.shape
+    cell = max(1, min(h, w) // 16)
+    if cell < 2:
+        return np.full_like(gray, float(np.median(gray)) if gray.mean() < 0.5 else float(gray.min()))
+    grid = (max(1, w // cell), max(1, h // cell))
+
+    def coarse(values: np.ndarray) -> Image.Image:
+        return Image.fromarray(values.astype(np.float32), "F").resize(grid, Image.Resampling.BOX)
+
+    opened = coarse(gray).filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    first = np.asarray(opened.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    flat = gray - first
+    paper = (flat <= 0.5 * _otsu(np.clip(flat, 0, None))).astype(np.float32)  # strokes and their soft edges out
+    total, weight = np.asarray(coarse(gray * paper)), np.asarray(coarse(paper))
+    for _ in range(8):  # normalised convolution: fill the cells without paper from their neighbours
+        if weight.min() > 0.05:
+            break
+        total, weight = _blur3(total), _blur3(weight)
+    level = Image.fromarray(total / np.maximum(weight, 1e-6), "F")
+    return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _blur3(a: np.ndarray) -> np.ndarray:
+    padded = np.pad(a, 1, mode="edge")
+    return sum(padded[i : i + a.shape[0], j : j + a.shape[1]] for i in range(3) for j in range(3)) / 9
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold: the gray level that best splits the values into two classes."""
+    counts, edges = np.histogram(values, bins=64, range=(0.0, max(float(values.max()), 1e-6)))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * centres)
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_low = mass / weight
+        mean_high = (total_mass - mass) / (total - weight)
+        between = weight * (total - weight) * (mean_low - mean_high) ** 2
+    between = np.nan_to_num(between[:-1], nan=-1.0)
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _crop(ink: np.ndarray) -> np.ndarray:
+    """The ink's bounding box, ignoring the faintest 0.1% of ink mass on each side (stray specks)."""
+    rows, cols = ink.sum(axis=1), ink.sum(axis=0)
+
+    def span(mass: np.ndarray) -> tuple[int, int]:
+        cumulative = np.cumsum(mass) / mass.sum()
+        return int(np.searchsorted(cumulative, 0.001)), int(np.searchsorted(cumulative, 0.999)) + 1
+
+    (top, bottom), (left, right) = span(rows), span(cols)
+    return ink[top:bottom, left:right]
+
+
+def _fit_box(ink: np.ndarray) -> np.ndarray:
+    """Scale the digit so its longer side is 20 pixels (aspect kept), thickening thin pen strokes first."""
+    h, w = ink.shape
+    scale = STROKE_SCALE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    big = Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)
+    width = _stroke_width(np.asarray(big))
+    if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
+        big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.clip(np.asarray(big.resize(size, Image.Resampling.LANCZOS), dtype=np.float32), 0, 1)
+    return small / max(float(small.max()), 1e-6)
+
+
+def _stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: ink area over half its outline (a stroke of width w and length L
+    covers w*L pixels with about 2*L on its edge)."""
+    mask = ink > 0.5
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = int((mask & ~inner).sum())
+    return 2 * area / max(edge, 1)
+
+
+def _centre(digit: np.ndarray) -> np.ndarray:
+    """Paste into 28x28 with the centre of mass at the middle, as MNIST does."""
+    h, w = digit.shape
+    total = float(digit.sum())
+    ys, xs = np.arange(h), np.arange(w)
+    cy = float((digit.sum(axis=1) * ys).sum() / total) if total else (h - 1) / 2
+    cx = float((digit.sum(axis=0) * xs).sum() / total) if total else (w - 1) / 2
+    top, left = round(FIELD / 2 - cy), round(FIELD / 2 - cx)  # MNIST's centres of mass average (14.0, 14.0)
+    top, left = min(max(top, 0), FIELD - h), min(max(left, 0), FIELD - w)  # keep the whole digit inside
+    field = np.zeros((FIELD, FIELD), np.float32)
+    field[top : top + h, left : left + w] = digit
+    return np.round(field * 255).astype(np.uint8)
