@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 100_000_000  # larger images are refused: a 12-50 MP photo is fine, a decompression bomb is not
-WORK_SIZE = 512  # images are reduced to at most this many pixels a side before any analysis
+WORK_SIZE = 256  # images are reduced to at most this many pixels a side before any analysis
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by this share of the full gray range
@@ -118,14 +118,14 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     ink = np.clip(gray - _background(gray), 0, None)
     # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink.
     threshold = _otsu(ink)
-    paper = ink[ink <= threshold]
+    paper, strokes = ink[ink <= threshold], ink[ink > threshold]
+    paper = paper[:: max(1, paper.size // 4096)]  # a sample of the paper measures its spread well enough
     median = float(np.median(paper)) if paper.size else 0.0
     noise = 1.4826 * float(np.median(np.abs(paper - median))) if paper.size else 0.0
     low = min(median + 3 * noise, threshold)
-    strokes = ink[ink > threshold]
-    if strokes.size < 2 or float(np.percentile(strokes, 90)) - low < MIN_CONTRAST:
+    high = float(np.percentile(strokes, 90)) if strokes.size >= 2 else low
+    if high - low < MIN_CONTRAST:
         raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
-    high = float(np.percentile(strokes, 90))
     return np.clip((ink - low) / (high - low), 0, 1)
 
 
@@ -138,15 +138,17 @@ def _background(gray: np.ndarray) -> np.ndarray:
     """
     h, w = gray.shape
     cell = max(1, min(h, w) // 16)
-    if cell < 2:
-        return np.full_like(gray, float(np.median(gray)) if gray.mean() < 0.5 else float(gray.min()))
+    if cell < 2:  # MNIST-sized already: too small for uneven lighting to matter
+        return np.float32(gray.min())
     grid = (max(1, w // cell), max(1, h // cell))
 
     def coarse(values: np.ndarray) -> Image.Image:
         return Image.fromarray(values.astype(np.float32), "F").resize(grid, Image.Resampling.BOX)
 
-    opened = coarse(gray).filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-    first = np.asarray(opened.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    opened = np.asarray(coarse(gray).filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3)))
+    if float(opened.max() - opened.min()) < 0.05:
+        return np.float32(np.median(opened))  # evenly lit, the usual case: one level for the whole image
+    first = np.asarray(Image.fromarray(opened, "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
     flat = gray - first
     paper = (flat <= 0.5 * _otsu(np.clip(flat, 0, None))).astype(np.float32)  # strokes and their soft edges out
     total, weight = np.asarray(coarse(gray * paper)), np.asarray(coarse(paper))
@@ -163,10 +165,11 @@ def _blur3(a: np.ndarray) -> np.ndarray:
     return sum(padded[i : i + a.shape[0], j : j + a.shape[1]] for i in range(3) for j in range(3)) / 9
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold: the gray level that best splits the values into two classes."""
-    counts, edges = np.histogram(values, bins=64, range=(0.0, max(float(values.max()), 1e-6)))
-    centres = (edges[:-1] + edges[1:]) / 2
+def _otsu(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold: the level that best splits the values into two classes."""
+    top = max(float(values.max()), 1e-6)
+    counts = np.bincount(np.minimum((values * (bins / top)).astype(np.int32), bins - 1).ravel(), minlength=bins)
+    centres = (np.arange(bins) + 0.5) * (top / bins)
     weight = np.cumsum(counts)
     mass = np.cumsum(counts * centres)
     total, total_mass = weight[-1], mass[-1]
@@ -175,19 +178,39 @@ def _otsu(values: np.ndarray) -> float:
         mean_high = (total_mass - mass) / (total - weight)
         between = weight * (total - weight) * (mean_low - mean_high) ** 2
     between = np.nan_to_num(between[:-1], nan=-1.0)
-    return float(edges[int(np.argmax(between)) + 1])
+    return (int(np.argmax(between)) + 1) * (top / bins)
 
 
 def _crop(ink: np.ndarray) -> np.ndarray:
-    """The ink's bounding box, ignoring the faintest 0.1% of ink mass on each side (stray specks)."""
-    rows, cols = ink.sum(axis=1), ink.sum(axis=0)
-
-    def span(mass: np.ndarray) -> tuple[int, int]:
-        cumulative = np.cumsum(mass) / mass.sum()
-        return int(np.searchsorted(cumulative, 0.001)), int(np.searchsorted(cumulative, 0.999)) + 1
-
-    (top, bottom), (left, right) = span(rows), span(cols)
+    """The digit's bounding box: where the strong ink is (so noise specks do not stretch it), grown
+    into the soft edge of the strokes, as MNIST's box includes its anti-aliased pixels."""
+    strong = ink > 0.5
+    top, bottom = _span(strong.sum(axis=1))
+    left, right = _span(strong.sum(axis=0))
+    margin = max(1, round(0.05 * max(bottom - top, right - left)))
+    faint = ink > 0.05
+    top, bottom = _grow(faint[:, left:right].any(axis=1), top, bottom, margin)
+    left, right = _grow(faint[top:bottom].any(axis=0), left, right, margin)
     return ink[top:bottom, left:right]
+
+
+def _span(mass: np.ndarray, trim: float = 0.001) -> tuple[int, int]:
+    """First and past-the-last index holding the mass, leaving out `trim` of it at each end."""
+    cumulative = np.cumsum(mass) / max(float(mass.sum()), 1e-9)
+    return int(np.searchsorted(cumulative, trim)), int(np.searchsorted(cumulative, 1 - trim)) + 1
+
+
+def _grow(has_ink: np.ndarray, lo: int, hi: int, margin: int) -> tuple[int, int]:
+    """Extends `[lo, hi)` by up to `margin` on each side, as long as the next row (or column) holds ink."""
+    for _ in range(margin):
+        if lo == 0 or not has_ink[lo - 1]:
+            break
+        lo -= 1
+    for _ in range(margin):
+        if hi == len(has_ink) or not has_ink[hi]:
+            break
+        hi += 1
+    return lo, hi
 
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:
