@@ -39,15 +39,18 @@ class Augment:
         sx, sy = size * stretch.sqrt(), size / stretch.sqrt()
         shear = draw(self.shear)
         cos, sin = angle.cos(), angle.sin()
-        # theta maps output to input coordinates: rotate, shear, then shrink by the scale.
-        theta = torch.stack(
-            [
-                torch.stack([cos / sx, (cos * shear - sin) / sy, draw(2 * self.shift / w)], -1),
-                torch.stack([sin / sx, (sin * shear + cos) / sy, draw(2 * self.shift / h)], -1),
-            ],
-            1,
+        # The sampling grid maps output to input coordinates: rotate, shear, then shrink by the scale.
+        # Built by broadcasting: F.affine_grid's batched matrix product is 10x slower on a CPU.
+        xs = ((torch.arange(w, device=dev) * 2 + 1) / w - 1).view(1, 1, w)  # pixel centres in [-1, 1]
+        ys = ((torch.arange(h, device=dev) * 2 + 1) / h - 1).view(1, h, 1)
+
+        def row(a: torch.Tensor, b: torch.Tensor, shift: float) -> torch.Tensor:
+            return a.view(n, 1, 1) * xs + b.view(n, 1, 1) * ys + draw(2 * shift).view(n, 1, 1)
+
+        grid = torch.stack(
+            [row(cos / sx, (cos * shear - sin) / sy, self.shift / w), row(sin / sx, (sin * shear + cos) / sy, self.shift / h)],
+            dim=-1,
         )
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         if self.elastic > 0:
             coarse = torch.randn(n, 2, 4, 4, device=dev) * (2 * self.elastic / h) * on.view(n, 1, 1, 1)
             grid = grid + F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
