@@ -94,7 +94,11 @@ class ImageFiles(Dataset):
 
     def loader(self, batch_size: int, workers: int) -> DataLoader:
         workers = min(workers, math.ceil(len(self) / batch_size))
-        return DataLoader(self, batch_size=batch_size, num_workers=workers, persistent_workers=False)
+        return DataLoader(self, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_thread)
+
+
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding is Pillow and NumPy; torch only wraps the result
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -199,16 +203,18 @@ class PredictionWriter(BasePredictionWriter):
             rows = [(path, load_original(path), *rest) for path, *rest in self._sheet_rows]
             fig = plots.prediction_sheet(rows, self.total)
             plots.save_png(plots.render(fig), self.paths["sheet"])
-        self._summary()
+        self._summary(getattr(getattr(trainer.datamodule, "predict_set", None), "hidden", 0))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self._stack is not None:  # a failed or interrupted run leaves no partial output behind
             self._stack.__exit__(type(exception), exception, exception.__traceback__)
             self._stack = None
 
-    def _summary(self) -> None:
+    def _summary(self, hidden: int) -> None:
         rate = self.total / self.seconds if self.seconds > 0 else math.inf
         lines = [f"Predicted {self.predicted:,} of {self.total:,} images in {self.seconds:.1f} s ({rate:,.0f} images/s)"]
+        if hidden:
+            lines.append(f"Left out {hidden:,} hidden file{'s' * (hidden != 1)} (names starting with '.')")
         if self.errors:
             kinds = ", ".join(f"{n:,} {kind}" for kind, n in self.errors.most_common())
             lines.append(f"Failed: {sum(self.errors.values()):,} ({kinds}); their rows say why, in the error column")

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 100_000_000  # larger images are refused: a 12-50 MP photo is fine, a decompression bomb is not
-WORK_SIZE = 256  # images are reduced to at most this many pixels a side before any analysis
+WORK_SIZE = 512  # images are reduced to at most this many pixels a side before any analysis
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by this share of the full gray range
@@ -86,6 +86,8 @@ def grayscale(image: Image.Image) -> np.ndarray:
         # 16-bit and float images: Pillow's conversion to "L" clips, so scale by the range instead.
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1:
+            top = 1.0  # float images usually hold 0.0-1.0
         return np.clip(values / top, 0, 1)
     if image.mode == "1":
         return np.asarray(image.convert("L"), dtype=np.float32) / 255
@@ -115,10 +117,12 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     border = np.concatenate([gray[:edge].ravel(), gray[-edge:].ravel(), gray[:, :edge].ravel(), gray[:, -edge:].ravel()])
     if np.median(border) > 0.5 * (float(gray.min()) + float(gray.max())):
         gray = 1 - gray  # dark ink on light paper, the usual case: make the ink bright
-    ink = np.clip(gray - _background(gray), 0, None)
-    # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink.
+    residual = gray - _background(gray)
+    ink = np.clip(residual, 0, None)
+    # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink
+    # (before clipping: clipped to 0, the half of the paper below its level would look noiseless).
     threshold = _otsu(ink)
-    paper, strokes = ink[ink <= threshold], ink[ink > threshold]
+    paper, strokes = residual[ink <= threshold], ink[ink > threshold]
     paper = paper[:: max(1, paper.size // 4096)]  # a sample of the paper measures its spread well enough
     median = float(np.median(paper)) if paper.size else 0.0
     noise = 1.4826 * float(np.median(np.abs(paper - median))) if paper.size else 0.0
@@ -218,7 +222,10 @@ def _fit_box(ink: np.ndarray) -> np.ndarray:
     h, w = ink.shape
     scale = STROKE_SCALE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    big = Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)
+    big = np.asarray(Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
+    # Reduced from a large image, a thin line fades to half its strength: bring the strokes back to full.
+    strokes = big[big > 0.05]
+    big = Image.fromarray(np.clip(big / max(float(np.percentile(strokes, 90)) if strokes.size else 1.0, 1e-6), 0, 1), "F")
     width = _stroke_width(np.asarray(big))
     if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
         big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
