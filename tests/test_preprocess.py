@@ -1,0 +1,381 @@
+"""`preprocess`: real image files of every mode and format in, MNIST's 28x28 convention out, and
+one clear `ImageError` (kind and fix) for each kind of file that cannot become a digit."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+
+from digits_lightning.preprocess import MAX_PIXELS, ImageError, preprocess_file, to_mnist
+from tests.conftest import render_digits
+
+
+def draw(text: str = "3", size: int = 200, ink: int = 0, paper: int = 255) -> Image.Image:
+    """A digit in Pillow's font, dark ink on light paper by default, as mode "L"."""
+    image = Image.new("L", (size, size), paper)
+    font = ImageFont.load_default(size=int(size * 0.75))
+    ImageDraw.Draw(image).text((size / 2, size / 2), text, fill=ink, font=font, anchor="mm")
+    return image
+
+
+def ink_box(digit: np.ndarray, level: int = 0) -> tuple[int, int]:
+    """Height and width of the box holding the pixels brighter than `level`."""
+    ys, xs = np.nonzero(digit > level)
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def centre_of_mass(digit: np.ndarray) -> tuple[float, float]:
+    mass = digit.astype(np.float64)
+    total = mass.sum()
+    return float((mass.sum(axis=1) * np.arange(28)).sum() / total), float((mass.sum(axis=0) * np.arange(28)).sum() / total)
+
+
+SAME = 12  # `difference` of two renderings of one digit; a misplaced or misscaled digit differs by 20-45
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference in gray levels (0-255), allowing a shift of one pixel either way:
+    MNIST's own centring rounds the centre of mass to a whole pixel, so the same digit drawn at
+    another place or size may legitimately land one pixel over."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return min(float(np.abs(np.roll(a, (dy, dx), (0, 1)) - b).mean()) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def assert_mnist_digit(digit: np.ndarray) -> None:
+    """uint8 28x28, white ink on a black background, in a 20x20 box, centred by centre of mass."""
+    assert digit.dtype == np.uint8 and digit.shape == (28, 28)
+    assert np.median(digit) == 0 and digit[[0, 0, -1, -1], [0, -1, 0, -1]].max() == 0  # (a digit may touch a side, as in MNIST)
+    assert digit.max() == 255
+    assert max(ink_box(digit)) in (19, 20), ink_box(digit)
+    cy, cx = centre_of_mass(digit)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
+
+
+def mnist_convention(ink: np.ndarray) -> np.ndarray:
+    """MNIST's convention, done here independently of the code under test: the box of the ink
+    (white on black) scaled to 20 pixels on its longer side, pasted with its centre of mass at (14, 14)."""
+    ys, xs = np.nonzero(ink)
+    box = Image.fromarray(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    scale = 20 / max(box.size)
+    small = box.resize((max(1, round(box.width * scale)), max(1, round(box.height * scale))), Image.Resampling.LANCZOS)
+    digit = np.asarray(small, np.float64) * 255 / max(1, np.asarray(small).max())
+    cy, cx = (float((digit.sum(axis=a) * np.arange(digit.shape[1 - a])).sum() / digit.sum()) for a in (1, 0))
+    top, left = min(max(round(14 - cy), 0), 28 - digit.shape[0]), min(max(round(14 - cx), 0), 28 - digit.shape[1])
+    field = np.zeros((28, 28))
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return np.round(field).astype(np.uint8)
+
+
+def expected(text: str, size: int = 200) -> np.ndarray:
+    """What `draw(text, size)` must become."""
+    return mnist_convention(255 - np.asarray(draw(text, size)))
+
+
+@pytest.fixture(scope="module")
+def three() -> np.ndarray:
+    """The reference every file format must give: a "3" in MNIST's convention."""
+    return expected("3")
+
+
+# -- modes and formats ------------------------------------------------------------------------
+
+
+def transparent(image: Image.Image, mode: str) -> Image.Image:
+    """The digit opaque black on a fully transparent background whose colour is black too: read
+    without its alpha, the file is all black, so only compositing on white shows the digit."""
+    alpha = Image.eval(image, lambda v: 255 - v)
+    black = Image.new("L", image.size, 0)
+    if mode == "LA":
+        return Image.merge("LA", (black, alpha))
+    return Image.merge("RGBA", (black, black, black, alpha))
+
+
+def palette_with_transparency(image: Image.Image) -> Image.Image:
+    """Index 0 is transparent (and black, so ignoring the transparency loses the digit)."""
+    levels = np.asarray(image) // 64  # 4 gray levels: 0 ink ... 3 paper
+    index = np.where(levels == 3, 0, levels + 1).astype(np.uint8)  # paper -> transparent index 0
+    p = Image.fromarray(index, "L").convert("P")
+    p.putpalette([0, 0, 0] + [v for i in range(3) for v in (i * 80,) * 3] + [0, 0, 0] * 252)
+    p.info["transparency"] = 0
+    return p
+
+
+def colour(image: Image.Image) -> Image.Image:
+    """Blue ink on cream paper."""
+    return ImageOps.colorize(image, black=(20, 40, 140), white=(255, 250, 230))
+
+
+def cmyk(image: Image.Image) -> Image.Image:
+    return colour(image).convert("CMYK")
+
+
+def sixteen_bit(image: Image.Image) -> Image.Image:
+    """Paper at 60000 and ink at 4000 of 65535: a conversion that clips to 8 bits sees all white."""
+    values = 4000 + (np.asarray(image, np.float64) / 255 * 56000)
+    return Image.fromarray(values.astype(np.uint16))  # mode "I;16"
+
+
+def int32(image: Image.Image) -> Image.Image:
+    return Image.fromarray((np.asarray(image, np.int32) * 200 + 3000).astype(np.int32), "I")
+
+
+def float32(image: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(image, np.float32), "F")  # 0-255, as Pillow's own "F" conversion
+
+
+CASES = {  # name: (convert the "L" drawing, file suffix, the mode Pillow must read back)
+    "L.png": (lambda im: im, ".png", "L"),
+    "RGB.png": (colour, ".png", "RGB"),
+    "RGB.tiff": (colour, ".tiff", "RGB"),
+    "RGB.jpg": (colour, ".jpg", "RGB"),
+    "L.jpg": (lambda im: im, ".jpg", "L"),
+    "RGB.bmp": (colour, ".bmp", "RGB"),
+    "RGB.webp": (colour, ".webp", "RGB"),
+    "RGBA.png": (lambda im: transparent(im, "RGBA"), ".png", "RGBA"),
+    "RGBA.webp": (lambda im: transparent(im, "RGBA"), ".webp", "RGBA"),
+    "LA.png": (lambda im: transparent(im, "LA"), ".png", "LA"),
+    "P.png": (lambda im: colour(im).quantize(16), ".png", "P"),
+    "P.gif": (lambda im: colour(im).quantize(16), ".gif", "P"),
+    "P-transparency.png": (palette_with_transparency, ".png", "P"),
+    "P-transparency.gif": (palette_with_transparency, ".gif", "P"),
+    "I;16.png": (sixteen_bit, ".png", "I;16"),
+    "I.tiff": (int32, ".tiff", "I"),
+    "F.tiff": (float32, ".tiff", "F"),
+    "CMYK.jpg": (cmyk, ".jpg", "CMYK"),
+    "1.png": (lambda im: im.convert("1", dither=Image.Dither.NONE), ".png", "1"),
+    "1.bmp": (lambda im: im.convert("1", dither=Image.Dither.NONE), ".bmp", "1"),
+    "1.tiff": (lambda im: im.convert("1", dither=Image.Dither.NONE), ".tiff", "1"),
+    "L.tiff": (lambda im: im, ".tiff", "L"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_mode_and_format_reads_as_the_same_digit(case, tmp_path, three):
+    convert, suffix, mode = CASES[case]
+    path = tmp_path / f"digit{suffix}"
+    convert(draw("3")).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really is of the mode the case is about
+    digit = preprocess_file(path)
+    assert_mnist_digit(digit)
+    assert difference(digit, three) < SAME
+
+
+def test_float_image_in_unit_range(tmp_path, three):
+    """Float TIFFs from scientific tools usually hold 0.0-1.0, not 0-255."""
+    path = tmp_path / "unit.tiff"
+    Image.fromarray(np.asarray(draw("3"), np.float32) / 255, "F").save(path)
+    digit = preprocess_file(path)
+    assert_mnist_digit(digit)
+    assert difference(digit, three) < SAME
+
+
+def test_multi_frame_gif_uses_the_first_frame(tmp_path):
+    path = tmp_path / "anim.gif"
+    first, *rest = [draw(d).convert("P") for d in "471"]
+    first.save(path, save_all=True, append_images=rest, duration=100)
+    with Image.open(path) as saved:
+        assert saved.n_frames == 3
+    digit = preprocess_file(path)
+    assert difference(digit, expected("4")) < SAME < difference(digit, expected("7"))
+
+
+def test_multi_page_tiff_uses_the_first_page(tmp_path):
+    path = tmp_path / "pages.tiff"
+    draw("2").save(path, save_all=True, append_images=[draw("8"), Image.new("L", (200, 200), 255)])
+    with Image.open(path) as saved:
+        assert saved.n_frames == 3
+    digit = preprocess_file(path)
+    assert difference(digit, expected("2")) < SAME < difference(digit, expected("8"))
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored"), [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)]
+)
+@pytest.mark.parametrize("text", ["1", "7"])
+def test_exif_orientation_is_applied(tmp_path, orientation, stored, text):
+    """A phone stores the sensor's pixels and says in EXIF how to turn them upright."""
+    upright = draw(text, size=240)
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.transpose(stored).save(path, exif=exif, quality=95)
+    with Image.open(path) as raw:
+        assert raw.getexif()[0x0112] == orientation  # as saved: turned, until the tag is applied
+    digit = preprocess_file(path)
+    height, width = ink_box(digit, 64)
+    assert height > width
+    assert difference(digit, expected(text, size=240)) < SAME
+
+
+# -- what comes out -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", list("0123456789"))
+def test_output_follows_mnist_convention(text):
+    digit = to_mnist(draw(text))
+    assert_mnist_digit(digit)
+    assert difference(digit, expected(text)) < SAME
+
+
+@pytest.mark.parametrize("text", ["0", "3", "7"])
+def test_polarity_does_not_matter(text):
+    dark_on_light = to_mnist(draw(text))
+    light_on_dark = to_mnist(draw(text, ink=255, paper=0))
+    assert np.abs(dark_on_light.astype(int) - light_on_dark).mean() < 2
+
+
+def test_gray_ink_on_gray_paper_is_stretched_to_full_contrast(three):
+    digit = to_mnist(draw("3", ink=90, paper=170))
+    assert_mnist_digit(digit)
+    assert difference(digit, three) < SAME
+
+
+@pytest.mark.parametrize("text", ["2", "3", "5", "8"])
+def test_position_and_size_do_not_matter(text):
+    small = draw(text, size=150)
+    reference = to_mnist(small)
+    page = Image.new("L", (640, 480), 255)
+    page.paste(small, (470, 20))  # near the top right corner of a page four times its size
+    off_centre = to_mnist(page)
+    upscaled = to_mnist(small.resize((600, 600), Image.Resampling.BICUBIC))
+    for digit in (off_centre, upscaled):
+        assert_mnist_digit(digit)
+        assert difference(digit, reference) < SAME
+
+
+def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) -> Image.Image:
+    """The drawing under light that falls from 255 to `darkest` across the page, with paper noise."""
+    rng = np.random.default_rng(seed)
+    h, w = image.size[1], image.size[0]
+    reflectance = np.asarray(image, np.float64) / 255
+    light = np.linspace(255, darkest, w)[None, :] * np.linspace(1, 0.9, h)[:, None]
+    page = light * (0.08 + 0.92 * reflectance) + rng.normal(0, noise, (h, w))
+    return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("text", ["0", "3", "4", "8"])
+@pytest.mark.parametrize(("darkest", "noise"), [(255, 6), (200, 0), (120, 0), (120, 8)])
+def test_uneven_lighting_and_paper_noise_are_removed(text, darkest, noise):
+    clean = draw(text, size=300)
+    reference = to_mnist(clean)
+    digit = to_mnist(lit_unevenly(clean, darkest, noise))
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+    # No background blotches: nothing lit beyond a pixel around the clean digit's ink.
+    around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
+    assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
+
+
+def stroke_width(digit: np.ndarray) -> float:
+    """Mean stroke width of the pixels above half intensity: area over half the outline."""
+    mask = digit > 127
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return 2 * mask.sum() / max(int((mask & ~inner).sum()), 1)
+
+
+PEN = {  # digits drawn as 1-pixel polylines, as a drawing program's thinnest pen would
+    "7": [(110, 80), (290, 80), (170, 330)],
+    "4": [(240, 330), (240, 70), (100, 250), (300, 250)],
+    "2": [(120, 120), (160, 75), (240, 75), (280, 130), (250, 200), (120, 320), (290, 320)],
+}
+
+
+@pytest.mark.parametrize("text", PEN)
+def test_thin_pen_strokes_are_thickened(text):
+    page = Image.new("L", (400, 400), 255)
+    ImageDraw.Draw(page).line(PEN[text], fill=0, width=1)
+    digit = to_mnist(page)
+    assert_mnist_digit(digit)
+    # A naive resize of the same ink into the 20x20 box keeps the strokes 1 pixel wide and faint.
+    ink = 255 - np.asarray(page)
+    ys, xs = np.nonzero(ink)
+    crop = Image.fromarray(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    scale = 20 / max(crop.size)
+    naive = np.asarray(crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BOX))
+    naive = (naive.astype(np.float64) * 255 / naive.max()).astype(np.uint8)
+    assert stroke_width(digit) >= 1.8
+    assert (digit > 127).sum() > 1.5 * (naive > 127).sum()
+
+
+def test_mnist_convention_digits_are_a_fixed_point():
+    """A digit already in MNIST's convention (such as `to_mnist`'s own output) comes back as it was."""
+    images, _ = render_digits(200, seed=3)
+    once = [to_mnist(Image.fromarray(d)) for d in images]
+    twice = [to_mnist(Image.fromarray(d)) for d in once]
+    diffs = np.array([np.abs(a.astype(int) - b).mean() for a, b in zip(once, twice)])
+    assert diffs.mean() < 6 and np.percentile(diffs, 95) < 12, (diffs.mean(), np.percentile(diffs, 95))
+
+
+def test_real_mnist_digits_stay_close(real_mnist):
+    with gzip.open(real_mnist / "t10k-images-idx3-ubyte.gz") as f:
+        digits = np.frombuffer(f.read()[16 : 16 + 500 * 784], np.uint8).reshape(-1, 28, 28)
+    diffs = np.array([np.abs(to_mnist(Image.fromarray(d)).astype(int) - d).mean() for d in digits])
+    assert diffs.mean() < 6 and np.percentile(diffs, 95) < 12, (diffs.mean(), np.percentile(diffs, 95))
+
+
+# -- files that cannot become a digit --------------------------------------------------------------
+
+
+def png_claiming(path: Path, width: int, height: int) -> None:
+    """A 1x1 PNG whose header says `width` x `height`: a decompression bomb's header, in 70 bytes."""
+    Image.new("L", (1, 1), 255).save(path, "PNG")
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def truncated(path: Path, suffix: str) -> None:
+    full = path.with_name("full" + suffix)
+    draw("5", size=300).convert("RGB").save(full)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD = {  # name: (write the file, kind, words the message must hold)
+    "zero bytes": (lambda p: p.write_bytes(b""), "empty", ["empty", "re-save"]),
+    "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not an image", ["PNG"]),
+    "text file": (lambda p: p.write_text("shopping list: milk, 3 eggs\n"), "not an image", ["PNG"]),
+    "svg": (
+        lambda p: p.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"><text x="5" y="20">3</text></svg>'),
+        "not an image", ["convert"],
+    ),
+    "truncated png": (lambda p: truncated(p, ".png"), "damaged", ["truncated", "re-save"]),
+    "truncated jpeg": (lambda p: truncated(p, ".jpg"), "damaged", ["truncated", "re-save"]),
+    "bomb 40000x40000": (lambda p: png_claiming(p, 40000, 40000), "too large", ["too large", "crop or shrink"]),
+    "bomb just over the limit": (lambda p: png_claiming(p, 12000, MAX_PIXELS // 12000 + 1), "too large", ["crop or shrink"]),
+    "white": (lambda p: Image.new("L", (200, 200), 255).save(p, "PNG"), "blank", ["blank"]),
+    "gray": (lambda p: Image.new("RGB", (200, 200), (128, 128, 128)).save(p, "PNG"), "blank", ["blank"]),
+    "black": (lambda p: Image.new("L", (64, 64), 0).save(p, "PNG"), "blank", ["blank"]),
+    "faint noise": (
+        lambda p: Image.fromarray(np.random.default_rng(1).integers(120, 126, (200, 200), dtype=np.uint8)).save(p, "PNG"),
+        "blank", ["blank"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_files_raise_one_clear_error(case, tmp_path):
+    write, kind, words = BAD[case]
+    path = tmp_path / "file"
+    write(path)
+    with pytest.raises(ImageError) as err:
+        preprocess_file(path)
+    assert err.value.kind == kind
+    message = str(err.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(ImageError) as err:
+        preprocess_file(tmp_path / "nowhere.png")
+    assert err.value.kind == "unreadable" and "exists" in str(err.value)
