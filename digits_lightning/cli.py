@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from digits_lightning.augment import Augment
 from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
 from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
 from digits_lightning.data import MNISTDataError, MNISTDataModule
@@ -27,6 +28,9 @@ from digits_lightning.prediction import NothingPredicted, PredictionError, Predi
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
+# The default CNN trains on distorted digits as well (half of them), to read people's handwriting,
+# not only MNIST's: +0.3 points on MNIST's test set, more on people's files. (Configs may say null.)
+DATA_DEFAULTS = {"data.augment": Augment(p=0.5)}
 
 
 class DigitsCLI(LightningCLI):
@@ -37,7 +41,7 @@ class DigitsCLI(LightningCLI):
             subclass_mode_model=True,
             datamodule_class=MNISTDataModule,
             trainer_defaults={
-                "max_epochs": 1,
+                "max_epochs": 2,
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
@@ -68,6 +72,7 @@ class DigitsCLI(LightningCLI):
                 "checkpoint.filename": "{epoch:02d}-{val_acc:.4f}",
             }
         )
+        parser.set_defaults(DATA_DEFAULTS)
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint at the end"

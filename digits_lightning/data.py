@@ -101,7 +101,8 @@ class MNISTDataModule(LightningDataModule):
         split_seed: Seed of the train/validation split (independent of the training seed).
         normalize: `unit` scales pixels to [0, 1] (the dense reference); `standard` also subtracts
             the MNIST mean and divides by its standard deviation.
-        augment: Random distortions of the training batches (off by default).
+        augment: Random distortions of the training batches (`None`: off; the CLI's default CNN
+            distorts half of them, `--data.augment null` turns that off).
         on_device: Keep the whole split on the accelerator, so no batch is copied during training.
         predict_path: An image file, a folder (searched recursively) or a glob, for `predict`.
         predict_batch_size: Images decoded and classified per prediction batch.

@@ -225,8 +225,11 @@ def main(args: list[str] | None = None) -> None:
     from digits_lightning.callbacks import training_samples
     from digits_lightning.data import MNISTDataError, MNISTDataModule
 
+    from digits_lightning.cli import DATA_DEFAULTS
+
     samples = ArgumentParser(description="Write a grid of training images with their labels, as the model sees them.")
     samples.add_class_arguments(MNISTDataModule, "data")
+    samples.set_defaults(DATA_DEFAULTS)  # the same images as a `fit` with the same options
     samples.add_argument("--count", type=int, default=32, help="how many images (the first of the training split)")
     samples.add_argument("--out", type=str, default="samples.png", help="the PNG to write")
     parser = ArgumentParser(prog="python -m digits_lightning.plots", description=__doc__.splitlines()[0])
