@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -127,6 +128,14 @@ class DigitsCLI(LightningCLI):
         rank_zero_info(f"Using checkpoint {found} (the newest best in {folder}; choose another with --ckpt_path)")
         return found
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = self._get(self.config_init, "trainer", default={})
+        bars = [c for c in trainer.get("callbacks") or [] if isinstance(c, ProgressBar)]
+        if trainer.get("enable_progress_bar") is not False and not bars:
+            # Lightning's default bar redraws after every step: a fifth of a dense-model epoch on a CPU.
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), TQDMProgressBar(refresh_rate=10)]
+        return super().instantiate_trainer(**kwargs)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = _model_name(config.model.class_path)
@@ -137,6 +146,9 @@ class DigitsCLI(LightningCLI):
             if logger.init_args.get("name") == "":
                 logger.init_args["name"] = name
         ckpt = config.get("ckpt_path")
+        if self.subcommand != "fit":
+            # Only a resumed fit uses the checkpoint folder's bookkeeping; elsewhere its move is no news.
+            warnings.filterwarnings("ignore", "The dirpath has changed from")
         if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
             # Evaluate with the inputs the model was trained on, whatever the command line says.
             saved = read_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
