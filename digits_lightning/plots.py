@@ -232,12 +232,15 @@ def main(args: list[str] | None = None) -> None:
     samples.set_defaults(DATA_DEFAULTS)  # the same images as a `fit` with the same options
     samples.add_argument("--count", type=int, default=32, help="how many images (the first of the training split)")
     samples.add_argument("--out", type=str, default="samples.png", help="the PNG to write")
+    samples.add_argument("--overwrite", type=bool, default=False, help="replace --out if it exists")
     parser = ArgumentParser(prog="python -m digits_lightning.plots", description=__doc__.splitlines()[0])
     parser.add_subcommands().add_subcommand("samples", samples, help="the grid of training images with their labels")
     config = parser.parse_args(args)
     try:
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
         options = instantiate(config).samples
+        if Path(options.out).exists() and not options.overwrite:
+            raise ValueError(f"{options.out} already exists: pass another --out, or --overwrite true to replace it")
         if options.count < 1:
             raise ValueError(f"--count must be at least 1, got {options.count}")
         images, labels = training_samples(options.data, options.count)

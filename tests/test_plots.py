@@ -257,6 +257,17 @@ def test_samples_command_writes_the_grid_fit_logged(run, tiny_mnist, tmp_path, c
         assert np.array_equal(np.asarray(logged.convert("RGB")), pixels)  # the same first 32 training images
 
 
+def test_samples_command_does_not_overwrite_unless_asked(tiny_mnist, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the user's own file")
+    with pytest.raises(SystemExit) as exit_:
+        plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}"])
+    assert exit_.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's own file"
+    plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}", "--overwrite=true"])
+    _assert_picture(out, SAMPLES_SIZE)
+
+
 def test_samples_command_with_augmentation_and_a_count(tiny_mnist, tmp_path):
     out = tmp_path / "aug.png"
     plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, "--data.augment.p=1", "--count=8", f"--out={out}"])
