@@ -212,7 +212,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _summary(self, hidden: int) -> None:
         rate = self.total / self.seconds if self.seconds > 0 else math.inf
-        lines = [f"Predicted {self.predicted:,} of {self.total:,} images in {self.seconds:.1f} s ({rate:,.0f} images/s)"]
+        lines = [f"Predicted {self.predicted:,} of {self.total:,} images in {self.seconds:.2f} s ({rate:,.0f} images/s)"]
         if hidden:
             lines.append(f"Left out {hidden:,} hidden file{'s' * (hidden != 1)} (names starting with '.')")
         if self.errors:
