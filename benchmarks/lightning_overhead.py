@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +26,16 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from benchmarks.hardware import describe
-from digits_lightning.callbacks import Report
-from digits_lightning.cli import skip_nvml_probe_without_gpu
-from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from digits_lightning.models import CNNClassifier, DenseClassifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.hardware import describe  # noqa: E402
+from digits_lightning.callbacks import Report  # noqa: E402
+from digits_lightning.cli import skip_nvml_probe_without_gpu  # noqa: E402
+from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule  # noqa: E402
+from digits_lightning.models import CNNClassifier, DenseClassifier  # noqa: E402
 
 warnings.filterwarnings("ignore")
-MODELS = {"dense": (DenseClassifier, "unit", 128), "cnn": (CNNClassifier, "standard", 256)}
+# Model, normalisation and batch size as in configs/dense.yaml and configs/cnn.yaml.
+MODELS = {"dense": (DenseClassifier, "unit", 256), "cnn": (CNNClassifier, "standard", 256)}
 
 
 def make(model: str):
@@ -56,7 +60,7 @@ def _plain_fit(model, batches, val_batches, epochs: int) -> float:
     """The recipe by hand: Adam + one-cycle, per-epoch train loss/accuracy and a validation pass."""
     hp = model.hparams
     net = model.net
-    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
     steps = epochs * sum(1 for _ in batches())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
     start = time.perf_counter()
@@ -65,7 +69,7 @@ def _plain_fit(model, batches, val_batches, epochs: int) -> float:
         loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
         for x, y in batches():
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
