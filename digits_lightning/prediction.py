@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import json
 import math
 import time
@@ -134,7 +135,7 @@ class PredictionWriter(BasePredictionWriter):
         """The files this run will write, by kind ("csv", "jsonl", "sheet"), checked against existing ones."""
         suffixes = {"csv": ".csv"} | ({"jsonl": ".jsonl"} if self.jsonl else {}) | ({"sheet": ".png"} if self.sheet else {})
         if self.output is None:
-            for n in range(1, 10_000):
+            for n in itertools.count(1):
                 stem = Path("predictions" if n == 1 else f"predictions-{n}")
                 paths = {kind: stem.with_suffix(suffix) for kind, suffix in suffixes.items()}
                 if self.overwrite or not any(p.exists() for p in paths.values()):
