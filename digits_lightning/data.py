@@ -271,7 +271,7 @@ class MNISTDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         workers = self.hparams.predict_workers
-        if workers and (self.trainer is None or self.trainer.strategy.root_device.type == "cpu"):
+        if workers and self.trainer is not None and self.trainer.strategy.root_device.type == "cpu":
             # The workers decode on the cores the model runs on: a model that spreads each operation
             # over every core then waits for a busy one at every step (10-30x slower). Until teardown.
             self._threads = torch.get_num_threads()
