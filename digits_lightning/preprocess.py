@@ -5,7 +5,8 @@ size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of ma
 field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
 
 1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
-2. polarity: a light border means dark ink on light paper, which is inverted;
+2. polarity: a mostly light image is dark ink on light paper, which is inverted (and cut to the
+   sheet of paper where a photo shows the table around it);
 3. background: a coarse estimate of the paper (uneven lighting) is subtracted, then the paper's
    noise level is cut off and the ink stretched to full white;
 4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
@@ -100,6 +101,13 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
     gray = grayscale(image)
+    light = gray > _otsu(gray)
+    rows, cols = _page(light)
+    # Dark ink on light paper, the usual case, is inverted: the image is mostly light, or a sheet of
+    # light paper fills most of it (a photo showing the table around it; then only the sheet is kept).
+    sheet = light[rows, cols]
+    if light.mean() > 0.5 or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
+        gray = 1 - gray[rows, cols]
     ink = _ink(gray)
     box = _crop(ink)
     return _centre(_fit_box(box))
@@ -111,12 +119,7 @@ def preprocess_file(path: str | Path) -> np.ndarray:
 
 
 def _ink(gray: np.ndarray) -> np.ndarray:
-    """Ink strength in [0, 1] (0 paper, 1 the strongest ink), whatever the polarity and lighting."""
-    h, w = gray.shape
-    edge = max(1, min(h, w) // 20)
-    border = np.concatenate([gray[:edge].ravel(), gray[-edge:].ravel(), gray[:, :edge].ravel(), gray[:, -edge:].ravel()])
-    if np.median(border) > 0.5 * (float(gray.min()) + float(gray.max())):
-        gray = 1 - gray  # dark ink on light paper, the usual case: make the ink bright
+    """Ink strength in [0, 1] (0 paper, 1 the strongest ink) of bright ink on darker paper, whatever the lighting."""
     residual = gray - _background(gray)
     ink = np.clip(residual, 0, None)
     # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink
@@ -131,6 +134,17 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     if high - low < MIN_CONTRAST:
         raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
     return np.clip((ink - low) / (high - low), 0, 1)
+
+
+def _page(light: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the sheet of paper in a photo of one: those at the edges that hold almost no
+    light paper (a table or a hand around the sheet) are left out. Rows through a digit hold some."""
+    rows, cols = light.mean(axis=1) >= 0.05, light.mean(axis=0) >= 0.05
+    if not rows.any() or not cols.any():
+        return slice(None), slice(None)
+    top, bottom = int(rows.argmax()), len(rows) - int(rows[::-1].argmax())
+    left, right = int(cols.argmax()), len(cols) - int(cols[::-1].argmax())
+    return slice(top, bottom), slice(left, right)
 
 
 def _background(gray: np.ndarray) -> np.ndarray:

@@ -250,6 +250,18 @@ def test_position_and_size_do_not_matter(text):
         assert difference(digit, reference) < SAME
 
 
+@pytest.mark.parametrize("text", ["3", "7"])
+@pytest.mark.parametrize("margin", [0, 20, 40])
+def test_a_photo_of_a_sheet_on_a_table_reads_the_sheet(text, margin):
+    # Dark table around a sheet of paper, the sheet a little off-centre; at margin 40 the table
+    # covers more of the photo than the sheet does.
+    photo = Image.new("L", (300, 300), 45)
+    photo.paste(draw(text, size=300 - 2 * margin, ink=30, paper=225), (margin, margin + 8))
+    digit = to_mnist(photo)
+    assert_mnist_digit(digit)
+    assert difference(digit, expected(text)) < SAME
+
+
 def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) -> Image.Image:
     """The drawing under light that falls from 255 to `darkest` across the page, with paper noise."""
     rng = np.random.default_rng(seed)
