@@ -8,7 +8,7 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
 2. polarity: a mostly light image is dark ink on light paper, which is inverted (and cut to the
    sheet of paper where a photo shows the table around it);
 3. background: a coarse estimate of the paper (uneven lighting) is subtracted, then the paper's
-   noise level is cut off and the ink stretched to full white;
+   noise level is cut off and the ink stretched to full white; the lines of ruled paper are erased;
 4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
 
@@ -108,7 +108,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     sheet = light[rows, cols]
     if light.mean() > 0.5 or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
         gray = 1 - gray[rows, cols]
-    ink = _ink(gray)
+    ink = _unrule(_ink(gray))
     box = _crop(ink)
     return _centre(_fit_box(box))
 
@@ -137,14 +137,38 @@ def _ink(gray: np.ndarray) -> np.ndarray:
 
 
 def _page(light: np.ndarray) -> tuple[slice, slice]:
-    """Rows and columns of the sheet of paper in a photo of one: those at the edges that hold almost no
-    light paper (a table or a hand around the sheet) are left out. Rows through a digit hold some."""
+    """Rows and columns of the sheet of paper in a photo of one: bands at the edges that hold almost no
+    light paper (a table or a hand around the sheet) are left out, where clean paper follows them."""
     rows, cols = light.mean(axis=1) >= 0.05, light.mean(axis=0) >= 0.05
     if not rows.any() or not cols.any():
         return slice(None), slice(None)
     top, bottom = int(rows.argmax()), len(rows) - int(rows[::-1].argmax())
     left, right = int(cols.argmax()), len(cols) - int(cols[::-1].argmax())
+    # A table is set off from the writing by a margin of paper; a digit's own bar (a "7" cropped to
+    # its ink) runs straight into the rest of the digit, and is kept. (The first k lines inside may
+    # still be the sheet's blurred edge, so the next 2k are looked at.)
+    k = max(1, round(0.02 * min(light.shape)))
+    sheet = light[top:bottom, left:right]
+    top = top if sheet[k : 3 * k].mean() >= 0.95 else 0
+    bottom = bottom if sheet[-3 * k : -k].mean() >= 0.95 else len(rows)
+    left = left if sheet[:, k : 3 * k].mean() >= 0.95 else 0
+    right = right if sheet[:, -3 * k : -k].mean() >= 0.95 else len(cols)
     return slice(top, bottom), slice(left, right)
+
+
+def _unrule(ink: np.ndarray) -> np.ndarray:
+    """Erases the lines of ruled or squared paper: rows (and columns) inked across nearly the whole
+    image, where there are at least two such lines (a single one may be a digit's bar, cropped tight)."""
+    for axis in (1, 0):  # rows, then columns
+        full = (ink > 0).mean(axis=axis) >= 0.9
+        lines = int(full[0]) + int(np.count_nonzero(full[1:] & ~full[:-1]))
+        if lines >= 2:
+            ink = ink.copy()
+            if axis == 1:
+                ink[full] = 0
+            else:
+                ink[:, full] = 0
+    return ink
 
 
 def _background(gray: np.ndarray) -> np.ndarray:
@@ -163,7 +187,11 @@ def _background(gray: np.ndarray) -> np.ndarray:
     def coarse(values: np.ndarray) -> Image.Image:
         return Image.fromarray(values.astype(np.float32), "F").resize(grid, Image.Resampling.BOX)
 
-    opened = np.asarray(coarse(gray).filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3)))
+    # Padded with the paper's typical level, so that strokes running into the edge of a tightly
+    # cropped digit are found as ink, not taken for a dark (here: bright) band of paper.
+    cells = np.pad(np.asarray(coarse(gray)), 1, constant_values=float(np.median(gray[::3, ::3])))
+    opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    opened = np.asarray(opened)[1:-1, 1:-1]
     if float(opened.max() - opened.min()) < 0.05:
         return np.float32(np.median(opened))  # evenly lit, the usual case: one level for the whole image
     first = np.asarray(Image.fromarray(opened, "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -185,6 +213,7 @@ def _blur3(a: np.ndarray) -> np.ndarray:
 
 def _otsu(values: np.ndarray, bins: int = 64) -> float:
     """Otsu's threshold: the level that best splits the values into two classes."""
+    values = values.ravel()[:: max(1, values.size // 16384)]  # a histogram needs no more than a sample
     top = max(float(values.max()), 1e-6)
     counts = np.bincount(np.minimum((values * (bins / top)).astype(np.int32), bins - 1).ravel(), minlength=bins)
     centres = (np.arange(bins) + 0.5) * (top / bins)

@@ -262,6 +262,31 @@ def test_a_photo_of_a_sheet_on_a_table_reads_the_sheet(text, margin):
     assert difference(digit, expected(text)) < SAME
 
 
+@pytest.mark.parametrize("text", ["3", "7"])
+@pytest.mark.parametrize("line", [235, 200, 160])
+def test_the_lines_of_ruled_paper_are_erased(text, line):
+    page = draw(text, size=240, ink=20, paper=250).convert("RGB")
+    pen = ImageDraw.Draw(page)
+    for y in range(15, 240, 28):  # light-blue rules across the sheet, under and through the digit
+        pen.line([(0, y), (240, y)], fill=(line, line, 255), width=2)
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < 6  # only the thin gaps where the rules crossed the strokes
+    near = np.asarray(Image.fromarray(clean).filter(ImageFilter.MaxFilter(5))) > 0
+    assert digit[~near].sum() < 20  # no streaks of the rules left beside the digit
+
+
+def test_a_single_bar_across_a_tight_crop_is_kept():
+    # A "7" cropped to its ink: its bar runs across the whole image, and must stay.
+    seven = np.asarray(draw("7", size=200))
+    ys, xs = np.nonzero(seven < 128)
+    tight = Image.fromarray(seven[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    digit = to_mnist(tight)
+    assert_mnist_digit(digit)
+    top = np.nonzero(digit.max(axis=1))[0][0]
+    assert (digit[top : top + 3] > 128).sum(axis=1).max() >= 8  # the bar: a wide run of ink at the top
+
+
 def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) -> Image.Image:
     """The drawing under light that falls from 255 to `darkest` across the page, with paper noise."""
     rng = np.random.default_rng(seed)
