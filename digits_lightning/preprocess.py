@@ -149,10 +149,14 @@ def _page(light: np.ndarray) -> tuple[slice, slice]:
     # still be the sheet's blurred edge, so the next 2k are looked at.)
     k = max(1, round(0.02 * min(light.shape)))
     sheet = light[top:bottom, left:right]
-    top = top if sheet[k : 3 * k].mean() >= 0.95 else 0
-    bottom = bottom if sheet[-3 * k : -k].mean() >= 0.95 else len(rows)
-    left = left if sheet[:, k : 3 * k].mean() >= 0.95 else 0
-    right = right if sheet[:, -3 * k : -k].mean() >= 0.95 else len(cols)
+
+    def clean(band: np.ndarray) -> bool:
+        return band.size > 0 and float(band.mean()) >= 0.95
+
+    top = top if clean(sheet[k : 3 * k]) else 0
+    bottom = bottom if clean(sheet[-3 * k : -k]) else len(rows)
+    left = left if clean(sheet[:, k : 3 * k]) else 0
+    right = right if clean(sheet[:, -3 * k : -k]) else len(cols)
     return slice(top, bottom), slice(left, right)
 
 
@@ -232,6 +236,8 @@ def _crop(ink: np.ndarray) -> np.ndarray:
     """The digit's bounding box: where the strong ink is (so noise specks do not stretch it), grown
     into the soft edge of the strokes, as MNIST's box includes its anti-aliased pixels."""
     strong = ink > 0.5
+    if not strong.any():  # e.g. nothing but the lines of ruled paper
+        raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
     top, bottom = _span(strong.sum(axis=1))
     left, right = _span(strong.sum(axis=0))
     margin = max(1, round(0.05 * max(bottom - top, right - left)))

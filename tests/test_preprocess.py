@@ -276,6 +276,15 @@ def test_the_lines_of_ruled_paper_are_erased(text, line):
     assert digit[~near].sum() < 20  # no streaks of the rules left beside the digit
 
 
+def test_ruled_paper_without_a_digit_is_blank():
+    page = Image.new("L", (200, 200), 250)
+    for y in range(10, 200, 25):
+        ImageDraw.Draw(page).line([(0, y), (200, y)], fill=120, width=2)
+    with pytest.raises(ImageError) as err:
+        to_mnist(page)
+    assert err.value.kind == "blank"
+
+
 def test_a_single_bar_across_a_tight_crop_is_kept():
     # A "7" cropped to its ink: its bar runs across the whole image, and must stay.
     seven = np.asarray(draw("7", size=200))
