@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from digits_lightning.atomic_write import open_atomically
-from digits_lightning.preprocess import FIELD, ImageError, grayscale, load_image, preprocess_file
+from digits_lightning.preprocess import DEEP_MODES, FIELD, ImageError, grayscale, has_alpha, load_image, preprocess_file
 
 COLUMNS = ["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "error"]
 
@@ -229,9 +229,9 @@ def load_original(path: str, size: int = 96) -> np.ndarray | None:
     try:
         image = load_image(path)
         image.thumbnail((size, size))
-        if image.mode in ("RGB", "L", "P", "CMYK", "1") and "transparency" not in image.info:
+        if not has_alpha(image) and image.mode not in DEEP_MODES:
             return np.asarray(image.convert("RGB"))
-        gray = np.round(grayscale(image) * 255).astype(np.uint8)  # transparency, 16-bit and float images
+        gray = np.round(grayscale(image) * 255).astype(np.uint8)  # transparency on white, deep images scaled
         return np.repeat(gray[..., None], 3, axis=2)
     except Exception:  # the row already says why the file failed
         return None

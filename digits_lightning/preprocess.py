@@ -29,6 +29,8 @@ WORK_SIZE = 512  # images are reduced to at most this many pixels a side before 
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by this share of the full gray range
+DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16-bit, 32-bit and float images
+BLANK = "no digit found: the image is blank or has too little contrast"
 
 
 class ImageError(ValueError):
@@ -53,7 +55,7 @@ def load_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
-            if width * height > MAX_PIXELS or width < 1 or height < 1:
+            if width * height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{width}x{height} pixels")
             image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG decodes straight to a smaller size: much faster
             image.load()
@@ -77,21 +79,23 @@ def load_image(path: str | Path) -> Image.Image:
         return image
 
 
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+
+
 def grayscale(image: Image.Image) -> np.ndarray:
     """Float gray levels, 0 black to 1 white, of any mode; transparent pixels become white paper."""
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(paper, rgba).convert("L"), dtype=np.float32) / 255
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+    if image.mode in DEEP_MODES:
         # 16-bit and float images: Pillow's conversion to "L" clips, so scale by the range instead.
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
         if image.mode == "F" and values.max(initial=0) <= 1:
             top = 1.0  # float images usually hold 0.0-1.0
         return np.clip(values / top, 0, 1)
-    if image.mode == "1":
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
@@ -132,7 +136,7 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     low = min(median + 3 * noise, threshold)
     high = float(np.percentile(strokes, 90)) if strokes.size >= 2 else low
     if high - low < MIN_CONTRAST:
-        raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
+        raise ImageError("blank", BLANK)
     return np.clip((ink - low) / (high - low), 0, 1)
 
 
@@ -237,7 +241,7 @@ def _crop(ink: np.ndarray) -> np.ndarray:
     into the soft edge of the strokes, as MNIST's box includes its anti-aliased pixels."""
     strong = ink > 0.5
     if not strong.any():  # e.g. nothing but the lines of ruled paper
-        raise ImageError("blank", "no digit found: the image is blank or has too little contrast")
+        raise ImageError("blank", BLANK)
     top, bottom = _span(strong.sum(axis=1))
     left, right = _span(strong.sum(axis=0))
     margin = max(1, round(0.05 * max(bottom - top, right - left)))
