@@ -1,6 +1,8 @@
 """Lightning overhead and data-path speed-up, on the same model, recipe and tensors.
 
-Runs, interleaved and repeated (medians):
+The model and recipe (network, optimiser settings, batch size, normalisation, augmentation) are
+read from the config, `configs/<model>.yaml` unless --config names another. Runs, interleaved and
+repeated (medians):
   lightning  - our stack: MNISTDataModule + the model + Trainer (as `fit` builds it), fit loop time
   plain      - a hand-written PyTorch loop over the same in-memory tensors, same recipe
   per-sample - the recipe most users write: torchvision MNIST with ToTensor + Normalize through a
@@ -13,6 +15,7 @@ and prints seconds per epoch and the ratios lightning/plain (target <= 1.15) and
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
@@ -21,32 +24,41 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch import Trainer, seed_everything
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.hardware import describe  # noqa: E402
+from digits_lightning.augment import Augment  # noqa: E402
 from digits_lightning.callbacks import Report  # noqa: E402
 from digits_lightning.cli import skip_nvml_probe_without_gpu  # noqa: E402
 from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule  # noqa: E402
 from digits_lightning.models import CNNClassifier, DenseClassifier  # noqa: E402
 
 warnings.filterwarnings("ignore")
-# Model, normalisation and batch size as in configs/dense.yaml and configs/cnn.yaml.
-MODELS = {"dense": (DenseClassifier, "unit", 256), "cnn": (CNNClassifier, "standard", 256)}
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def make(model: str):
-    cls, normalize, batch_size = MODELS[model]
-    return cls(), normalize, batch_size
+def make(args):
+    """The config's model and data module, built as `fit --config` builds them."""
+    config = yaml.safe_load(Path(args.config or ROOT / "configs" / f"{args.model}.yaml").read_text())
+    module, _, name = config["model"]["class_path"].rpartition(".")
+    model = getattr(importlib.import_module(module), name)(**config["model"].get("init_args", {}))
+    data = config.get("data", {})
+    augment = Augment(**data["augment"]) if data.get("augment") else None
+    dm = MNISTDataModule(
+        args.data_dir, cache_dir=args.cache_dir, normalize=data.get("normalize", "standard"),
+        batch_size=data.get("batch_size", 256), augment=augment,
+    )  # fmt: skip
+    return model, dm
 
 
 def lightning_epoch_seconds(args) -> float:
     seed_everything(0, verbose=False)
-    model, normalize, batch_size = make(args.model)
-    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir, normalize=normalize, batch_size=batch_size)
+    model, dm = make(args)
     report = Report()
     trainer = Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -86,8 +98,8 @@ def _plain_fit(model, batches, val_batches, epochs: int) -> float:
 
 def plain_epoch_seconds(args) -> float:
     seed_everything(0, verbose=False)
-    model, normalize, batch_size = make(args.model)
-    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir, normalize=normalize, batch_size=batch_size)
+    model, dm = make(args)
+    batch_size = dm.hparams.batch_size
     dm.setup("fit")
     tx, ty, vx, vy = dm.train_set.images, dm.train_set.labels, dm.val_set.images, dm.val_set.labels
 
@@ -95,7 +107,7 @@ def plain_epoch_seconds(args) -> float:
         order = torch.randperm(len(ty))
         for i in range(0, len(ty), batch_size):
             idx = order[i : i + batch_size]
-            yield dm.normalize_images(tx[idx]), ty[idx]
+            yield dm.normalize_images(tx.index_select(0, idx), augment=True), ty.index_select(0, idx)
 
     def val_batches():
         for i in range(0, len(vy), batch_size):
@@ -106,12 +118,18 @@ def plain_epoch_seconds(args) -> float:
 
 def per_sample_epoch_seconds(args) -> float:
     seed_everything(0, verbose=False)
-    model, normalize, batch_size = make(args.model)
-    dm = MNISTDataModule(args.data_dir, cache_dir=args.cache_dir)
+    model, dm = make(args)
+    batch_size = dm.hparams.batch_size
     dm.prepare_data()
-    steps = [transforms.ToTensor()] + ([transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))] if normalize == "standard" else [])
-    full = MNIST(str(dm.root), train=True, transform=transforms.Compose(steps))
-    train, val = torch.utils.data.random_split(full, [55_000, 5_000], generator=torch.Generator().manual_seed(0))
+    normalize = [transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))] if dm.hparams.normalize == "standard" else []
+    distort = [transforms.Lambda(lambda x: dm.augment(x[None])[0])] if dm.augment is not None else []
+
+    def images(*steps) -> MNIST:
+        return MNIST(str(dm.root), train=True, transform=transforms.Compose([transforms.ToTensor(), *steps]))
+
+    order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0)).tolist()
+    train = Subset(images(*distort, *normalize), order[dm.hparams.val_size :])  # distorted one at a time
+    val = Subset(images(*normalize), order[: dm.hparams.val_size])
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=batch_size, num_workers=args.workers)
     return _plain_fit(model, lambda: loader, lambda: val_loader, args.epochs)
@@ -121,7 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--cache_dir", default=None)
-    parser.add_argument("--model", choices=sorted(MODELS), default="dense")
+    parser.add_argument("--model", choices=["dense", "cnn"], default="dense")
+    parser.add_argument("--config", default=None, help="default: configs/<model>.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
