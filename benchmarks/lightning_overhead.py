@@ -72,7 +72,7 @@ def _plain_fit(model, batches, val_batches, epochs: int) -> float:
     """The recipe by hand: Adam + one-cycle, per-epoch train loss/accuracy and a validation pass."""
     hp = model.hparams
     net = model.net
-    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=True)
     steps = epochs * sum(1 for _ in batches())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
     start = time.perf_counter()
