@@ -161,7 +161,7 @@ class TestPictures(_Pictures):
             return
         x, y = batch
         self.matrix.update(outputs, y)
-        confidence, predicted = outputs.softmax(dim=1).max(dim=1)
+        confidence, predicted = outputs.float().softmax(dim=1).max(dim=1)  # bf16 logits under mixed precision
         wrong = predicted != y
         found = [x[wrong], y[wrong], predicted[wrong], confidence[wrong]]
         if self.mistakes:

@@ -55,6 +55,31 @@ def test_checkpoint_round_trip_gives_the_same_predictions(tiny_mnist, in_tmp):
     assert loaded.hparams.hidden == 128
 
 
+def test_bf16_and_channels_last_are_switches_whose_checkpoints_load_without_them(tiny_mnist, in_tmp, capsys):
+    main(fit_args(tiny_mnist, "--model=CNNClassifier", "--trainer.precision=bf16-mixed", "--model.channels_last=true"))
+    out = capsys.readouterr().out
+    acc = float(out.split("Test accuracy: ")[1].split("%")[0])
+    assert acc > 60.0
+    (best,) = (in_tmp / "checkpoints" / "cnn").glob("epoch=*.ckpt")
+    main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--model.channels_last=false",
+          "--trainer.enable_progress_bar=false"])  # fmt: skip
+    plain = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
+    assert abs(plain - acc) <= 2.0  # float32 arithmetic instead of bfloat16: the same weights
+
+
+def test_compiled_model_keeps_the_plain_checkpoint_keys():
+    compiled, plain = CNNClassifier(compile=True), CNNClassifier()
+    compiled.setup("fit")  # wraps the network; compilation itself waits for the first batch
+    assert compiled._compiled is not None
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no `_orig_mod.` prefixes
+    plain.load_state_dict(compiled.state_dict())
+
+
+def test_adam_is_fused_on_cpu():
+    model = DenseClassifier(one_cycle=False)
+    assert model.configure_optimizers().defaults["fused"] is True
+
+
 def test_dense_config_is_the_reference_network(in_tmp):
     from digits_lightning.cli import DigitsCLI
 
