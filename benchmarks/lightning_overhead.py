@@ -40,7 +40,6 @@ from digits_lightning.augment import Augment  # noqa: E402
 from digits_lightning.callbacks import Report  # noqa: E402
 from digits_lightning.cli import skip_nvml_probe_without_gpu  # noqa: E402
 from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule  # noqa: E402
-from digits_lightning.models import CNNClassifier, DenseClassifier  # noqa: E402
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
