@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from digits_lightning.atomic_write import open_atomically
-from digits_lightning.preprocess import DEEP_MODES, FIELD, ImageError, grayscale, has_alpha, load_image, preprocess_file
+from digits_lightning.preprocess import DEEP_MODES, FIELD, ImageError, grayscale, load_image, preprocess_file
 
 COLUMNS = ["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "error"]
 
@@ -95,11 +95,7 @@ class ImageFiles(Dataset):
 
     def loader(self, batch_size: int, workers: int) -> DataLoader:
         workers = min(workers, math.ceil(len(self) / batch_size))
-        return DataLoader(self, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_thread)
-
-
-def _one_thread(worker_id: int) -> None:
-    torch.set_num_threads(1)  # decoding is Pillow and NumPy; torch only wraps the result
+        return DataLoader(self, batch_size=batch_size, num_workers=workers)  # workers run torch on 1 thread
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -140,8 +136,8 @@ class PredictionWriter(BasePredictionWriter):
                 paths = {kind: stem.with_suffix(suffix) for kind, suffix in suffixes.items()}
                 if self.overwrite or not any(p.exists() for p in paths.values()):
                     return paths
-        csv_path = Path(self.output).expanduser()
-        paths = {kind: csv_path.with_suffix(suffix) for kind, suffix in suffixes.items()}
+        csv_path = Path(self.output).expanduser()  # the name as given; the other files beside it
+        paths = {kind: csv_path if kind == "csv" else csv_path.with_suffix(suffix) for kind, suffix in suffixes.items()}
         taken = [str(p) for p in paths.values() if p.exists()]
         if taken and not self.overwrite:
             raise PredictionError(
@@ -152,10 +148,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage != "predict" or not trainer.is_global_zero:
+        if stage != "predict":
             return
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # on every process, so none waits for the others
             raise PredictionError("predict runs on one device: pass --trainer.devices 1")
+        if not trainer.is_global_zero:
+            return
         self.paths = self.outputs()
         self.errors, self.total, self.predicted, self._sheet_rows = Counter(), 0, 0, []
         self._stack = ExitStack()
@@ -229,7 +227,7 @@ def load_original(path: str, size: int = 96) -> np.ndarray | None:
     try:
         image = load_image(path)
         image.thumbnail((size, size))
-        if not has_alpha(image) and image.mode not in DEEP_MODES:
+        if not image.has_transparency_data and image.mode not in DEEP_MODES:
             return np.asarray(image.convert("RGB"))
         gray = np.round(grayscale(image) * 255).astype(np.uint8)  # transparency on white, deep images scaled
         return np.repeat(gray[..., None], 3, axis=2)

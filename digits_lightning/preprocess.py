@@ -52,14 +52,15 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError("empty", "the file is empty (0 bytes): re-save or re-export the image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit below, not Pillow's warning at 89.5 MP (which would refuse 90-100 MP images).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{width}x{height} pixels")
             image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG decodes straight to a smaller size: much faster
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageError(
             "too large", f"the image is too large to be a digit ({err}; limit {MAX_PIXELS:,} pixels): crop or shrink it"
         ) from None
@@ -79,13 +80,9 @@ def load_image(path: str | Path) -> Image.Image:
         return image
 
 
-def has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
-
-
 def grayscale(image: Image.Image) -> np.ndarray:
     """Float gray levels, 0 black to 1 white, of any mode; transparent pixels become white paper."""
-    if has_alpha(image):
+    if image.has_transparency_data:  # alpha channels and transparent colours (PNG tRNS) alike
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(paper, rgba).convert("L"), dtype=np.float32) / 255
@@ -102,6 +99,8 @@ def grayscale(image: Image.Image) -> np.ndarray:
 def to_mnist(image: Image.Image) -> np.ndarray:
     """An image of one digit -> uint8 `[28, 28]`, white ink on black, as MNIST; `ImageError` if blank."""
     if max(image.size) > WORK_SIZE:
+        if image.mode in ("1", "P"):  # Pillow shrinks these by nearest neighbour, dropping thin strokes
+            image = image.convert("RGBA" if image.has_transparency_data else "L")
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
     gray = grayscale(image)

@@ -169,6 +169,14 @@ def test_a_single_file_and_a_glob(checkpoint, in_tmp):
         assert_predicted(row)
 
 
+def test_output_keeps_the_name_given(checkpoint, in_tmp):
+    draw("4").save(in_tmp / "four.png")
+    predict(checkpoint, in_tmp / "four.png", "--prediction.output=results.v2.txt", "--prediction.jsonl=true")
+    (row,) = read_rows(in_tmp / "results.v2.txt")
+    assert_predicted(row)
+    assert (in_tmp / "results.v2.jsonl").is_file()
+
+
 def test_hidden_files_are_passed_over(checkpoint, in_tmp):
     folder = in_tmp / "desk"
     (folder / ".thumbnails").mkdir(parents=True)

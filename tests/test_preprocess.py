@@ -421,6 +421,15 @@ def test_bad_files_raise_one_clear_error(case, tmp_path):
     assert "\n" not in message and all(w in message for w in words), message
 
 
+def test_size_limit_is_ours_not_pillows(tmp_path):
+    # 95 MP is over Pillow's warning threshold (89.5 MP) but within ours: the header passes and the
+    # missing pixel data is what fails.
+    png_claiming(tmp_path / "big.png", 10_000, 9_500)
+    with pytest.raises(ImageError) as err:
+        preprocess_file(tmp_path / "big.png")
+    assert err.value.kind == "damaged"
+
+
 def test_missing_file_is_unreadable(tmp_path):
     with pytest.raises(ImageError) as err:
         preprocess_file(tmp_path / "nowhere.png")
