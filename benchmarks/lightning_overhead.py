@@ -18,7 +18,6 @@ and prints seconds per epoch and the ratios lightning/plain (target <= 1.15) and
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import statistics
 import sys
@@ -28,35 +27,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from benchmarks.hardware import describe  # noqa: E402
-from digits_lightning.augment import Augment  # noqa: E402
 from digits_lightning.callbacks import Report  # noqa: E402
-from digits_lightning.cli import skip_nvml_probe_without_gpu  # noqa: E402
-from digits_lightning.data import MNIST_MEAN, MNIST_STD, MNISTDataModule  # noqa: E402
+from digits_lightning.cli import DigitsCLI, skip_nvml_probe_without_gpu  # noqa: E402
+from digits_lightning.data import MNIST_MEAN, MNIST_STD  # noqa: E402
 
 warnings.filterwarnings("ignore")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make(args):
-    """The config's model and data module, built as `fit --config` builds them."""
-    config = yaml.safe_load(Path(args.config or ROOT / "configs" / f"{args.model}.yaml").read_text())
-    module, _, name = config["model"]["class_path"].rpartition(".")
-    model = getattr(importlib.import_module(module), name)(**config["model"].get("init_args", {}))
-    data = config.get("data", {})
-    augment = Augment(**data["augment"]) if data.get("augment") else None
-    dm = MNISTDataModule(
-        args.data_dir, cache_dir=args.cache_dir, normalize=data.get("normalize", "standard"),
-        batch_size=data.get("batch_size", 256), augment=augment,
-    )  # fmt: skip
-    return model, dm
+    """The config's model and data module, built by the real CLI as `fit --config` builds them."""
+    config = args.config or ROOT / "configs" / f"{args.model}.yaml"
+    data = [f"--data.data_dir={args.data_dir}"] + ([f"--data.cache_dir={args.cache_dir}"] if args.cache_dir else [])
+    cli = DigitsCLI(args=["--config", str(config), *data], run=False)
+    return cli.model, cli.datamodule
 
 
 def lightning_epoch_seconds(args) -> float:
