@@ -29,8 +29,9 @@ from digits_lightning.prediction import NothingPredicted, PredictionError, Predi
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
-# The default CNN trains on distorted digits as well (half of them), to read people's handwriting,
-# not only MNIST's: +0.3 points on MNIST's test set, more on people's files. (Configs may say null.)
+# Without a config, training distorts half of the digits (any --model), to read people's handwriting,
+# not only MNIST's: +0.3 points on MNIST's test set for the CNN, more on people's files. Configs
+# say what they want (configs/dense.yaml: null, as the reference), and so may --data.augment null.
 DATA_DEFAULTS = {"data.augment": Augment(p=0.5)}
 
 
