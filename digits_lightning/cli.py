@@ -114,12 +114,15 @@ class DigitsCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith("registry:"):
             # Before LightningCLI reads the checkpoint's class and settings, which fails with a traceback.
-            check_model_class(ckpt, read_checkpoint(ckpt), DigitClassifier)
+            checkpoint = read_checkpoint(ckpt)
+            check_model_class(ckpt, checkpoint, DigitClassifier)
+            if subcommand != "fit":
+                _use_saved_normalisation(config, checkpoint)
 
     @staticmethod
     def _newest_checkpoint(config) -> Path:
         """The newest best checkpoint of the chosen model (else its last.ckpt), for commands given none."""
-        folder = Path(config.checkpoint.dirpath or Path("checkpoints") / _model_name(config.model.class_path))
+        folder = _checkpoint_folder(config)
         best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
         found = best[-1] if best else folder / "last.ckpt"
         if not found.is_file():
@@ -139,23 +142,15 @@ class DigitsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        name = _model_name(config.model.class_path)
-        if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(Path("checkpoints") / name)
+        if config.checkpoint.dirpath is None:  # (a given one stays as written: it may be a URL)
+            config.checkpoint.dirpath = str(_checkpoint_folder(config))
         logger = config.trainer.logger
         if isinstance(logger, dict) or hasattr(logger, "init_args"):
             if logger.init_args.get("name") == "":
-                logger.init_args["name"] = name
-        ckpt = config.get("ckpt_path")
+                logger.init_args["name"] = _model_name(config.model.class_path)
         if self.subcommand != "fit":
             # Only a resumed fit uses the checkpoint folder's bookkeeping; elsewhere its move is no news.
             warnings.filterwarnings("ignore", "The dirpath has changed from")
-        if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
-            # Evaluate with the inputs the model was trained on, whatever the command line says.
-            saved = read_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
-            if "normalize" in saved and saved["normalize"] != config.data.normalize:
-                rank_zero_info(f"Using the checkpoint's input normalisation: {saved['normalize']}")
-                config.data.normalize = saved["normalize"]
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.fast_dev_run or self.trainer.interrupted:
@@ -173,6 +168,14 @@ class DigitsCLI(LightningCLI):
             )
 
 
+def _use_saved_normalisation(config, checkpoint: dict) -> None:
+    """Evaluate with the inputs the model was trained on, whatever the command line says."""
+    saved = checkpoint.get("datamodule_hyper_parameters", {}).get("normalize")
+    if saved is not None and saved != config.data.normalize:
+        rank_zero_info(f"Using the checkpoint's input normalisation: {saved}")
+        config.data.normalize = saved
+
+
 def _names_a_model(args: list[str]) -> bool:
     if any(a == "--model" or a.startswith("--model=") for a in args):
         return True
@@ -188,6 +191,11 @@ def _names_a_model(args: list[str]) -> bool:
         ):
             return True
     return False
+
+
+def _checkpoint_folder(config) -> Path:
+    """`--checkpoint.dirpath`, else `checkpoints/<model name>`: each model keeps its own best and last."""
+    return Path(config.checkpoint.dirpath or Path("checkpoints") / _model_name(config.model.class_path))
 
 
 def _model_name(class_path: str) -> str:

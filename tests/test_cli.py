@@ -67,6 +67,22 @@ def test_bf16_and_channels_last_are_switches_whose_checkpoints_load_without_them
     assert abs(plain - acc) <= 2.0  # float32 arithmetic instead of bfloat16: the same weights
 
 
+def test_evaluation_uses_the_checkpoints_normalisation_read_once(tiny_mnist, in_tmp, capsys, caplog, monkeypatch):
+    import digits_lightning.cli as cli
+    from digits_lightning.checkpoints import read_checkpoint
+
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--data.normalize=unit"))
+    acc = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
+    (best,) = (in_tmp / "checkpoints" / "dense").glob("epoch=*.ckpt")
+    reads = []
+    monkeypatch.setattr(cli, "read_checkpoint", lambda path: reads.append(path) or read_checkpoint(path))
+    with caplog.at_level("INFO"):  # the command line's default is `standard`; the model was trained on `unit`
+        main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
+    assert "Using the checkpoint's input normalisation: unit" in caplog.text
+    assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
+    assert reads == [str(best)]  # our checks and the normalisation share one read
+
+
 def test_compiled_model_keeps_the_plain_checkpoint_keys():
     compiled, plain = CNNClassifier(compile=True), CNNClassifier()
     compiled.setup("fit")  # wraps the network; compilation itself waits for the first batch
