@@ -111,9 +111,11 @@ class DigitClassifier(LightningModule):
         )  # fmt: skip
         if not hp.one_cycle:
             return optimizer
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.25
-        )
+        steps = self.trainer.estimated_stepping_batches
+        # A quarter of the steps warm up; not where that is exactly one step (a 4-step run), on which
+        # OneCycleLR divides by zero.
+        warm_up = 0.25 if steps * 0.25 != 1 else 0.5
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=warm_up)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

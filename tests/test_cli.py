@@ -83,6 +83,13 @@ def test_evaluation_uses_the_checkpoints_normalisation_read_once(tiny_mnist, in_
     assert reads == [str(best)]  # our checks and the normalisation share one read
 
 
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_fit_of_very_few_steps_runs_its_schedule(tiny_mnist, in_tmp, capsys, steps):
+    # 1,000 training images: 4 steps of 250 (where a quarter is exactly one warm-up step), or 1.
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", f"--data.batch_size={1000 // steps}"))
+    assert "Trained 1 epoch in" in capsys.readouterr().out
+
+
 def test_compiled_model_keeps_the_plain_checkpoint_keys():
     compiled, plain = CNNClassifier(compile=True), CNNClassifier()
     compiled.setup("fit")  # wraps the network; compilation itself waits for the first batch
