@@ -273,13 +273,14 @@ class MNISTDataModule(LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        workers = self.hparams.predict_workers
+        loader = self.predict_set.loader(self.hparams.predict_batch_size, self.hparams.predict_workers)
+        workers = loader.num_workers  # (fewer than asked for a small folder)
         if workers and self.trainer is not None and self.trainer.strategy.root_device.type == "cpu":
             # The workers decode on the cores the model runs on: a model that spreads each operation
             # over every core then waits for a busy one at every step (10-30x slower). Until teardown.
             self._threads = torch.get_num_threads()
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-        return self.predict_set.loader(self.hparams.predict_batch_size, workers)
+        return loader
 
     def teardown(self, stage: str) -> None:
         if stage == "predict" and hasattr(self, "_threads"):

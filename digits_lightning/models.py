@@ -90,9 +90,10 @@ class DigitClassifier(LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Class probabilities for a batch of user images (see `prediction.ImageFiles`)."""
+        """Class probabilities for a batch of user images (see `prediction.ImageFiles`), with the files'
+        paths and errors, so that `trainer.predict` results say which file each row belongs to."""
         probs = self(batch["image"]).softmax(dim=1)
-        return {**batch, "probs": probs}
+        return {"path": batch["path"], "error": batch["error"], "probs": probs}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse the weights of another network or version with one clear error, before loading them."""

@@ -29,6 +29,7 @@ DPI = 100
 COLUMNS = 8  # digits per row in the image grids
 PX_PER_COLUMN = 100
 GAP, CAPTION = 4, 9  # room between the digits and above each for its caption, in the digits' pixels
+SHEET_SIDE = 84  # pixels a side of each image on the prediction contact sheet
 TRAIN, VAL = "tab:blue", "tab:orange"
 
 
@@ -133,7 +134,7 @@ def misclassified_grid(
     return _image_grid(images, captions, title, caption_colour="firebrick", title_lines=2)
 
 
-def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int = 84) -> Figure:
+def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int = SHEET_SIDE) -> Figure:
     """A contact sheet of predictions: each file as given beside its 28x28 form as the model saw it,
     under the predicted digit and its confidence (or the file's error), above the file's name.
 
@@ -222,10 +223,9 @@ def main(args: list[str] | None = None) -> None:
     """`samples`: the grid of training images as a PNG, with the data options `fit` takes."""
     from jsonargparse import ArgumentParser
 
+    from digits_lightning.augment import DATA_DEFAULTS
     from digits_lightning.callbacks import training_samples
     from digits_lightning.data import MNISTDataError, MNISTDataModule
-
-    from digits_lightning.cli import DATA_DEFAULTS
 
     samples = ArgumentParser(description="Write a grid of training images with their labels, as the model sees them.")
     samples.add_class_arguments(MNISTDataModule, "data")

@@ -94,7 +94,10 @@ class ImageFiles(Dataset):
         return {"path": path, "image": torch.from_numpy(image), "error": error}
 
     def loader(self, batch_size: int, workers: int) -> DataLoader:
-        workers = min(workers, math.ceil(len(self) / batch_size))
+        """Decoding in up to `workers` processes, no more than there are batches; none for one batch,
+        which the main process decodes as fast, without starting a worker."""
+        batches = math.ceil(len(self) / batch_size)
+        workers = min(workers, batches) if batches > 1 else 0
         return DataLoader(self, batch_size=batch_size, num_workers=workers)  # workers run torch on 1 thread
 
 
@@ -180,7 +183,7 @@ class PredictionWriter(BasePredictionWriter):
                 row = {"path": path, "digit": digit, "confidence": float(p[digit]), "probs": [float(v) for v in p], "error": ""}
             self._write(row)
             if self.sheet and len(self._sheet_rows) < self.sheet_count:
-                image = prediction["image"][i, 0].float().cpu().numpy()
+                image = batch["image"][i, 0].float().cpu().numpy()  # as the model saw it
                 self._sheet_rows.append((path, image, row["digit"], row["confidence"] or 0.0, error))
 
     def _write(self, row: dict) -> None:
@@ -199,7 +202,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.sheet:
             from digits_lightning import plots
 
-            rows = [(path, load_original(path), *rest) for path, *rest in self._sheet_rows]
+            rows = [(path, load_original(path, plots.SHEET_SIDE), *rest) for path, *rest in self._sheet_rows]
             fig = plots.prediction_sheet(rows, self.total)
             plots.save_png(plots.render(fig), self.paths["sheet"])
         self._summary(getattr(getattr(trainer.datamodule, "predict_set", None), "hidden", 0))
@@ -222,10 +225,11 @@ class PredictionWriter(BasePredictionWriter):
         print("\n".join(lines), flush=True)
 
 
-def load_original(path: str, size: int = 96) -> np.ndarray | None:
-    """A thumbnail of the file as given, RGB uint8 (transparency on white), or None if it cannot be read."""
+def load_original(path: str, size: int) -> np.ndarray | None:
+    """A thumbnail of the file as given, in colour, at most `size` pixels a side, RGB uint8
+    (transparency on white), or None if it cannot be read."""
     try:
-        image = load_image(path)
+        image = load_image(path, mode="RGB")
         image.thumbnail((size, size))
         if not image.has_transparency_data and image.mode not in DEEP_MODES:
             return np.asarray(image.convert("RGB"))

@@ -41,8 +41,11 @@ class ImageError(ValueError):
         self.kind = kind
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The file's first frame, upright (EXIF), as Pillow decoded it; an `ImageError` for anything else."""
+def load_image(path: str | Path, mode: str = "L") -> Image.Image:
+    """The file's first frame, upright (EXIF), as Pillow decoded it; an `ImageError` for anything else.
+
+    A JPEG is decoded straight to `mode` ("L" for the digit, "RGB" to show it) at a reduced size.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -58,7 +61,7 @@ def load_image(path: str | Path) -> Image.Image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{width}x{height} pixels")
-            image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG decodes straight to a smaller size: much faster
+            image.draft(mode, (WORK_SIZE, WORK_SIZE))  # JPEG decodes straight to a smaller size: much faster
             image.load()
     except Image.DecompressionBombError as err:
         raise ImageError(
@@ -271,20 +274,23 @@ def _grow(has_ink: np.ndarray, lo: int, hi: int, margin: int) -> tuple[int, int]
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:
     """Scale the digit so its longer side is 20 pixels (aspect kept), thickening thin pen strokes first."""
-    h, w = ink.shape
-    scale = STROKE_SCALE / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    big = np.asarray(Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
+    big = Image.fromarray(ink.astype(np.float32), "F").resize(_longer_side(ink, STROKE_SCALE), Image.Resampling.BILINEAR)
+    big = np.asarray(big)
     # Reduced from a large image, a thin line fades to half its strength: bring the strokes back to full.
     strokes = big[big > 0.05]
     big = Image.fromarray(np.clip(big / max(float(np.percentile(strokes, 90)) if strokes.size else 1.0, 1e-6), 0, 1), "F")
     width = _stroke_width(np.asarray(big))
     if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
         big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
-    scale = BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.clip(np.asarray(big.resize(size, Image.Resampling.LANCZOS), dtype=np.float32), 0, 1)
+    small = np.asarray(big.resize(_longer_side(ink, BOX), Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 1)
     return small / max(float(small.max()), 1e-6)
+
+
+def _longer_side(image: np.ndarray, side: int) -> tuple[int, int]:
+    """(width, height) of `image` scaled so its longer side is `side` pixels, the aspect ratio kept."""
+    h, w = image.shape
+    scale = side / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def _stroke_width(ink: np.ndarray) -> float:

@@ -23,7 +23,8 @@ from digits_lightning.checkpoints import read_checkpoint
 from digits_lightning.cli import main
 from digits_lightning.data import MNISTDataModule
 from digits_lightning.models import CNNClassifier
-from digits_lightning.prediction import COLUMNS, ImageFiles
+from digits_lightning.plots import SHEET_SIDE
+from digits_lightning.prediction import COLUMNS, ImageFiles, load_original
 from tests.conftest import render_digits, write_idx
 from tests.test_preprocess import draw, mnist_convention, transparent
 
@@ -212,6 +213,53 @@ def test_json_lines_and_contact_sheet(checkpoint, in_tmp, capsys):
     out = capsys.readouterr().out
     assert "out.jsonl" in out and "out.png" in out
     assert no_temporary_files(in_tmp)
+
+
+def test_contact_sheet_shows_colour_files_in_colour_at_its_own_size(in_tmp):
+    big = ImageOps.colorize(draw("7", size=600), black=(200, 20, 20), white=(255, 255, 255))
+    big.save(in_tmp / "red.jpg", quality=90)  # a JPEG, which the digit path decodes straight to gray
+    thumb = load_original(str(in_tmp / "red.jpg"), SHEET_SIDE)
+    assert max(thumb.shape[:2]) == SHEET_SIDE  # shrunk once, to the sheet's size
+    ink = thumb[..., 1] < 128  # dark in green: the red strokes
+    assert ink.any() and thumb[ink, 0].mean() > 150  # still red, not gray
+
+
+def test_decoding_workers_match_the_batches(in_tmp):
+    folder = in_tmp / "digits"
+    folder.mkdir()
+    for i in range(5):
+        draw(str(i)).save(folder / f"{i}.png")
+    assert ImageFiles(str(folder)).loader(batch_size=8, workers=2).num_workers == 0  # one batch: no worker
+    assert ImageFiles(str(folder)).loader(batch_size=2, workers=2).num_workers == 2
+    assert ImageFiles(str(folder)).loader(batch_size=4, workers=3).num_workers == 2  # two batches, two workers
+    # The model's threads leave a core to each worker actually started, and get it back afterwards.
+    from lightning.pytorch import Trainer
+
+    threads = torch.get_num_threads()
+    for batch_size, asked, workers in ((8, 2, 0), (4, 3, 2)):
+        dm = MNISTDataModule(predict_path=str(folder), predict_batch_size=batch_size, predict_workers=asked)
+        dm.trainer = Trainer(accelerator="cpu", logger=False)
+        dm.setup("predict")
+        assert dm.predict_dataloader().num_workers == workers
+        assert torch.get_num_threads() == (threads if workers == 0 else max(1, (os.cpu_count() or 1) - workers))
+        dm.teardown("predict")
+        assert torch.get_num_threads() == threads
+
+
+def test_predict_results_name_their_files_without_the_pixels(checkpoint, in_tmp):
+    from lightning.pytorch import Trainer
+
+    folder = in_tmp / "digits"
+    folder.mkdir()
+    draw("3").save(folder / "three.png")
+    (folder / "notes.txt").write_text("not a digit")
+    model = CNNClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    dm = MNISTDataModule(predict_path=str(folder), predict_workers=0)
+    (batch,) = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(model, datamodule=dm)
+    assert set(batch) == {"path", "error", "probs"}
+    assert batch["path"] == [str(folder / "notes.txt"), str(folder / "three.png")]
+    assert batch["error"][0].startswith("not an image:") and batch["error"][1] == ""
+    assert tuple(batch["probs"].shape) == (2, 10)
 
 
 def test_outputs_are_never_overwritten_unless_asked(checkpoint, in_tmp, capsys):
