@@ -29,8 +29,8 @@ from digits_lightning.prediction import NothingPredicted, PredictionError, Predi
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
-# Lightning 2.6's data loops use a torch class that torch 2.10+ deprecates: news for Lightning's
-# developers, printed to ours at every command.
+# Lightning 2.6's data loops use a torch class (LeafSpec) that recent torch deprecates: news for
+# Lightning's developers, printed to our users at every command.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
