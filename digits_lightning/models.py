@@ -113,6 +113,11 @@ class DigitClassifier(LightningModule):
         if not hp.one_cycle:
             return optimizer
         steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ValueError(
+                "the one-cycle schedule needs to know how long training runs: with --trainer.max_epochs -1,"
+                " set --trainer.max_steps, or turn the schedule off with --model.one_cycle false"
+            )
         # A quarter of the steps warm up; not where that is exactly one step (a 4-step run), on which
         # OneCycleLR divides by zero.
         warm_up = 0.25 if steps * 0.25 != 1 else 0.5

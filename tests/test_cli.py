@@ -90,6 +90,16 @@ def test_a_fit_of_very_few_steps_runs_its_schedule(tiny_mnist, in_tmp, capsys, s
     assert "Trained 1 epoch in" in capsys.readouterr().out
 
 
+def test_training_without_an_end_needs_max_steps_for_its_schedule(tiny_mnist, in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=-1"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the one-cycle schedule") and "--trainer.max_steps" in err and err.count("\n") == 1
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=-1", "--trainer.max_steps=15"))
+    assert "Trained 2 epochs in" in capsys.readouterr().out  # 10 steps an epoch
+
+
 def test_compiled_model_keeps_the_plain_checkpoint_keys():
     compiled, plain = CNNClassifier(compile=True), CNNClassifier()
     compiled.setup("fit")  # wraps the network; compilation itself waits for the first batch
