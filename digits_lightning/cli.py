@@ -19,6 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from digits_lightning.augment import DATA_DEFAULTS
 from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
@@ -106,7 +107,8 @@ class DigitsCLI(LightningCLI):
         epochs = config.trainer.max_epochs
         if subcommand == "fit" and epochs is not None and (epochs == 0 or epochs < -1):
             raise ValueError(f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {epochs}")
-        if subcommand != "fit" and not config.get("ckpt_path"):
+        if subcommand != "fit" and config.get("ckpt_path") in (None, "", "best"):
+            # ("best" means the best of a fit in this process to Lightning; to a user, the best checkpoint)
             config.ckpt_path = str(self._newest_checkpoint(config))
         if subcommand == "predict" and config.get("return_predictions") is None:
             config.return_predictions = False  # the writer streams them to disk; keeping them all grows without end
@@ -219,6 +221,10 @@ def main(args: list[str] | None = None) -> None:
     except NothingPredicted as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(1) from None
+    except MisconfigurationException as err:  # Lightning's word for settings it cannot run with
+        hint = " (--trainer.accelerator auto uses a GPU where there is one, else the CPU)" if _names_gpu(str(err)) else ""
+        sys.stderr.write(f"error: {_one_line(str(err))}{hint}\n")
+        raise SystemExit(2) from None
     except (MNISTDataError, CheckpointError, PredictionError, ValueError, FileNotFoundError, ArgumentError) as err:
         sys.stderr.write(f"error: {_one_line(str(err))}\n")
         raise SystemExit(2) from None
@@ -227,6 +233,10 @@ def main(args: list[str] | None = None) -> None:
 # Lines of jsonargparse's nested reports that only repeat the type information.
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
           "Expected a <class 'NoneType'>", "Expected a path but")  # fmt: skip
+
+
+def _names_gpu(message: str) -> bool:
+    return any(word in message.lower() for word in ("gpu", "cuda", "mps", "accelerator"))
 
 
 def _one_line(message: str) -> str:

@@ -171,8 +171,9 @@ def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int 
     ax.imshow(mosaic, interpolation="nearest")
     for x, y, text, colour, size, va in texts:
         ax.text(x, y, text, ha="center", va=va, fontsize=size, color=colour)
-    shown = f"the first {len(rows)} of {total:,}" if len(rows) < total else f"all {total:,}"
-    fig.suptitle(f"Predictions ({shown} images): as given | as the model saw it", y=1 - 6 / DPI / fig.get_figheight(), va="top")
+    shown = f"the first {len(rows)} of {total:,} images" if len(rows) < total else f"all {total:,} images"
+    shown = "1 image" if total == 1 else shown
+    fig.suptitle(f"Predictions ({shown}): as given | as the model saw it", y=1 - 6 / DPI / fig.get_figheight(), va="top")
     return fig
 
 

@@ -40,6 +40,9 @@ def test_fit_then_test_prints_accuracy_and_saves_checkpoints(tiny_mnist, in_tmp,
     main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
     assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
     assert (in_tmp / "lightning_logs" / name / "version_0" / "config.yaml").exists()
+    # Outside a fit, "best" is the model's best checkpoint on disk (to Lightning it would be an error).
+    main(["test", f"--data.data_dir={tiny_mnist}", "--ckpt_path=best", f"--model={model}", "--trainer.enable_progress_bar=false"])
+    assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
 
 
 def test_checkpoint_round_trip_gives_the_same_predictions(tiny_mnist, in_tmp):
@@ -157,6 +160,15 @@ def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
+def test_asking_for_a_missing_gpu_is_one_line_and_exit_2(tiny_mnist, in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(fit_args(tiny_mnist, "--trainer.accelerator=gpu"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--trainer.accelerator auto" in err, err
 
 
 def test_real_mnist_dense_one_epoch(real_mnist, in_tmp, capsys, tmp_path):

@@ -315,3 +315,12 @@ def test_learning_curves_hold_each_epochs_own_metrics(tiny_mnist, tmp_path):
         logged = [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)]
         assert [epoch[tag] for epoch in pictures.history] == pytest.approx(logged), tag
     assert [epoch["epoch"] for epoch in pictures.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("shown", "total", "title"), [(1, 1, "1 image"), (3, 3, "all 3 images"), (2, 5, "the first 2 of 5 images")])
+def test_contact_sheet_title_counts_the_images(shown, total, title):
+    digit = np.zeros((28, 28), np.float32)
+    rows = [(f"{i}.png", np.full((40, 30, 3), 200, np.uint8), digit, 3, 0.9, "") for i in range(shown)]
+    fig = plots.prediction_sheet(rows, total)
+    assert fig._suptitle.get_text() == f"Predictions ({title}): as given | as the model saw it"
+    assert plots.render(fig).shape[2] == 3
