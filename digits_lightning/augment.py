@@ -24,6 +24,17 @@ class Augment:
     elastic: float = 1.0  # pixels of smooth local displacement
     thickness: float = 0.3  # chance of a thicker pen plus chance of a thinner one
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0:
+                raise ValueError(f"data.augment.{name} must be at least 0, got {value}")
+        for name in ("p", "thickness"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"data.augment.{name} is a share of the images: at most 1, got {getattr(self, name)}")
+        for name in ("scale", "aspect"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"data.augment.{name} must be below 1 (1 shrinks digits to nothing), got {getattr(self, name)}")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: float `[N, 1, H, W]` in [0, 1], white ink on black; returns the same shape."""
         n, _, h, w = x.shape

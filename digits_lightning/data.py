@@ -128,10 +128,12 @@ class MNISTDataModule(LightningDataModule):
         predict_workers: int = 2,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
-        if val_size < 1:
-            raise ValueError(f"data.val_size must be at least 1, got {val_size}")
+        for name, value, least in (
+            ("batch_size", batch_size, 1), ("val_size", val_size, 1),
+            ("predict_batch_size", predict_batch_size, 1), ("predict_workers", predict_workers, 0),
+        ):  # fmt: skip
+            if value < least:
+                raise ValueError(f"data.{name} must be at least {least}, got {value}")
         self.save_hyperparameters(ignore=["augment"])
         self.data_dir = Path(data_dir).expanduser()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else _default_cache_dir()

@@ -34,6 +34,12 @@ class DigitClassifier(LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be positive, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
+        if weight_decay < 0:
+            raise ValueError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"model.label_smoothing must be in [0, 1], got {label_smoothing}")
         # Per-stage running metrics, updated every step and logged once per epoch: `self.log` in
         # every step costs more than a whole step of these tiny networks.
         self.metrics = nn.ModuleDict()
@@ -142,6 +148,8 @@ class DenseClassifier(DigitClassifier):
         compile: bool = False,
     ) -> None:
         super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        if hidden < 1:
+            raise ValueError(f"model.hidden must be at least 1, got {hidden}")
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
@@ -166,6 +174,10 @@ class CNNClassifier(DigitClassifier):
         compile: bool = False,
     ) -> None:
         super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        if len(channels) != 2 or min(channels) < 1 or hidden < 1:
+            raise ValueError(f"model.channels must be two counts and model.hidden one, each at least 1, got {list(channels)} and {hidden}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
         c1, c2 = channels
 
