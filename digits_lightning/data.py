@@ -156,6 +156,11 @@ class MNISTDataModule(LightningDataModule):
         """Make the four files available (links, checksums, extraction, download) on one process."""
         if self.trainer is not None and self.trainer.state.fn == "predict":
             return  # prediction reads the user's images only: no MNIST needed
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise MNISTDataError(
+                f"data.data_dir {self.data_dir} is a file: pass the folder that holds the MNIST archives"
+                " (or where to download them)"
+            )
         if self.root != self.data_dir:
             self.raw_dir.mkdir(parents=True, exist_ok=True)
             for name in ARCHIVES:

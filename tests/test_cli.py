@@ -162,6 +162,14 @@ def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
     assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err
 
 
+def test_a_file_as_data_dir_is_named(in_tmp, capsys):
+    (in_tmp / "mnist.zip").write_bytes(b"PK")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--data.data_dir=mnist.zip"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: data.data_dir mnist.zip is a file: pass the folder that holds the MNIST archives (or where to download them)\n"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
 def test_asking_for_a_missing_gpu_is_one_line_and_exit_2(tiny_mnist, in_tmp, capsys):
     with pytest.raises(SystemExit) as exit_:
