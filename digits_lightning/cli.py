@@ -143,6 +143,11 @@ class DigitsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.enable_checkpointing is False:
+            # Our --checkpoint.* callback always exists, and Lightning refuses one beside this switch:
+            # switched off, it stays and saves nothing.
+            config.trainer.enable_checkpointing = True
+            config.checkpoint.save_top_k, config.checkpoint.save_last = 0, False
         if config.checkpoint.dirpath is None:  # (a given one stays as written: it may be a URL)
             config.checkpoint.dirpath = str(_checkpoint_folder(config))
         logger = config.trainer.logger

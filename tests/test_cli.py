@@ -154,6 +154,12 @@ def test_print_config_round_trips(in_tmp, capsys):
     assert capsys.readouterr().out == printed
 
 
+def test_checkpointing_can_be_switched_off(tiny_mnist, in_tmp, capsys):
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.enable_checkpointing=false"))
+    assert "Test accuracy: " in capsys.readouterr().out  # of the final weights: there is no best checkpoint
+    assert not (in_tmp / "checkpoints").exists()
+
+
 def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", f"--data.data_dir={in_tmp / 'nowhere'}", "--data.download=false"])
