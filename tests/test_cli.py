@@ -168,47 +168,6 @@ def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
     assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err
 
 
-def test_a_file_as_data_dir_is_named(in_tmp, capsys):
-    (in_tmp / "mnist.zip").write_bytes(b"PK")
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--data.data_dir=mnist.zip"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == "error: data.data_dir mnist.zip is a file: pass the folder that holds the MNIST archives (or where to download them)\n"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
-def test_asking_for_a_missing_gpu_is_one_line_and_exit_2(tiny_mnist, in_tmp, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(fit_args(tiny_mnist, "--trainer.accelerator=gpu"))
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "--trainer.accelerator auto" in err, err
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model.label_smoothing=1.5"], "model.label_smoothing must be in [0, 1], got 1.5"),
-        (["--model.betas=[0.9, 1.0]"], "model.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
-        (["--model.weight_decay=-1"], "model.weight_decay must not be negative"),
-        (["--model.dropout=1"], "model.dropout must be in [0, 1)"),
-        (["--model.channels=[0, 32]"], "model.channels must be two counts"),
-        (["--model=DenseClassifier", "--model.hidden=0"], "model.hidden must be at least 1, got 0"),
-        (["--data.predict_batch_size=0"], "data.predict_batch_size must be at least 1, got 0"),
-        (["--data.predict_workers=-1"], "data.predict_workers must be at least 0, got -1"),
-        (["--data.augment.p=1.5"], "data.augment.p is a share of the images: at most 1, got 1.5"),
-        (["--data.augment.scale=1"], "data.augment.scale must be below 1"),
-        (["--data.augment.shift=-2"], "data.augment.shift must be at least 0, got -2"),
-    ],
-)
-def test_settings_out_of_range_are_one_line_and_exit_2(tiny_mnist, in_tmp, capsys, args, message):
-    with pytest.raises(SystemExit) as exit_:
-        main(fit_args(tiny_mnist, *args))
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
-
-
 def test_real_mnist_dense_one_epoch(real_mnist, in_tmp, capsys, tmp_path):
     main(
         [
