@@ -1,0 +1,52 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from digits_lightning.augment import Augment, bicubic_weights, dilate
+
+
+def digits(n: int) -> torch.Tensor:
+    """`n` white strokes on black, [n, 1, 28, 28] in [0, 1]: a bar and a ring-like box."""
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, :, 6:22, 12:15] = 1.0
+    x[:, :, 8:11, 8:20] = 0.7
+    return x
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (2, 3, 9, 13)])
+def test_dilate_and_erode_match_max_pool(shape):
+    x = torch.rand(shape)
+    assert torch.equal(dilate(x), F.max_pool2d(x, 3, 1, 1))
+    assert torch.equal(-dilate(-x), -F.max_pool2d(-x, 3, 1, 1))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (20, 36)])
+def test_bicubic_weights_upsample_as_interpolate_does(size):
+    coarse = torch.randn(6, 2, 4, 4)
+    expected = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)
+    rows, cols = bicubic_weights(size[0], 4, coarse.device), bicubic_weights(size[1], 4, coarse.device)
+    assert torch.allclose(torch.einsum("hi,ncij,wj->nchw", rows, coarse, cols), expected, atol=1e-5)
+
+
+def test_images_left_undistorted_are_unchanged():
+    x = digits(16)
+    assert torch.allclose(Augment(p=0.0)(x.clone()), x, atol=1e-6)
+
+
+def test_distortion_changes_every_digit_and_keeps_its_ink():
+    torch.manual_seed(0)
+    x = digits(64)
+    y = Augment(p=1.0)(x.clone())
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    changed = (y - x).abs().flatten(1).amax(dim=1) > 0.1
+    assert changed.all()
+    ink = y.flatten(1).sum(dim=1) / x.flatten(1).sum(dim=1)
+    assert ink.min() > 0.3 and ink.max() < 2.5  # resized and re-inked, never erased or smeared out
+    coords = torch.arange(28.0)
+
+    def centre(images: torch.Tensor) -> torch.Tensor:
+        mass = images[:, 0]
+        total = mass.sum(dim=(1, 2))
+        return torch.stack([(mass.sum(2) * coords).sum(1) / total, (mass.sum(1) * coords).sum(1) / total], dim=1)
+
+    assert (centre(y) - centre(x)).abs().max() < 6  # moved a few pixels (shift, rotation, scale), never off the field
