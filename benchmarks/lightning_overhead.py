@@ -10,9 +10,12 @@ repeated (medians):
                DataLoader (per-sample PIL conversion + collate), same model and optimiser; where the
                config distorts digits, torchvision's RandomAffine with the same limits (lighter than
                ours: no elastic wobble or pen width)
-and prints seconds per epoch and the ratios lightning/plain (target <= 1.15) and per-sample/lightning.
+and prints seconds per epoch, the ratios lightning/plain (target <= 1.15) and per-sample/lightning,
+and Lightning's own cost per step (training and validation steps) beside the plain loop's step;
+--batch_size measures the same at another batch size (speed only: the learning rate stays).
 
     python benchmarks/lightning_overhead.py --data_dir ../shared/datasets/mnist --model dense
+    python benchmarks/lightning_overhead.py --data_dir ../shared/datasets/mnist --model dense --batch_size 2048 --skip_per_sample
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def make(args):
     """The config's model and data module, built by the real CLI as `fit --config` builds them."""
     config = args.config or ROOT / "configs" / f"{args.model}.yaml"
     data = [f"--data.data_dir={args.data_dir}"] + ([f"--data.cache_dir={args.cache_dir}"] if args.cache_dir else [])
+    data += [f"--data.batch_size={args.batch_size}"] if args.batch_size else []
     cli = DigitsCLI(args=["--config", str(config), *data], run=False)
     return cli.model, cli.datamodule
 
@@ -142,6 +146,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["dense", "cnn"], default="dense")
     parser.add_argument("--config", default=None, help="default: configs/<model>.yaml")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
     parser.add_argument("--skip_per_sample", action="store_true")
@@ -156,9 +161,15 @@ def main() -> None:
         for name, run in runs.items():
             times[name].append(run(args))
     med = {name: statistics.median(t) for name, t in times.items()}
+    _, dm = make(args)
+    hp = dm.hparams
+    steps = math.ceil((60_000 - hp.val_size) / hp.batch_size) + math.ceil(hp.val_size / hp.batch_size)
+    print(f"{args.model} batch {hp.batch_size}: {steps} steps per epoch (training and validation)")
     for name, t in times.items():
         print(f"{args.model} {name:<10} {med[name]:6.2f} s/epoch  (runs: {', '.join(f'{x:.2f}' for x in t)})")
     print(f"{args.model} ratio lightning/plain      {med['lightning'] / med['plain']:.2f}  (target <= 1.15)")
+    extra, step = (med["lightning"] - med["plain"]) / steps, med["plain"] / steps
+    print(f"{args.model} Lightning's cost per step  {1000 * extra:.2f} ms over the plain loop's {1000 * step:.2f} ms")
     if "per-sample" in med:
         print(f"{args.model} ratio per-sample/lightning {med['per-sample'] / med['lightning']:.2f}  (speed-up of our data path)")
 
