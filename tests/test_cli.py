@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digits_lightning.cli import main
+from digits_lightning.cli import DigitsCLI, main, native_bf16
 from digits_lightning.models import CNNClassifier, DenseClassifier
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -65,9 +65,54 @@ def test_bf16_and_channels_last_are_switches_whose_checkpoints_load_without_them
     assert acc > 60.0
     (best,) = (in_tmp / "checkpoints" / "cnn").glob("epoch=*.ckpt")
     main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--model.channels_last=false",
-          "--trainer.enable_progress_bar=false"])  # fmt: skip
+          "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
     plain = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
     assert abs(plain - acc) <= 2.0  # float32 arithmetic instead of bfloat16: the same weights
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "cuda_bf16", "mps", "cpu_bf16", "native"),
+    [
+        ("auto", True, True, False, False, True),  # an Ampere or newer GPU
+        ("auto", True, False, False, True, False),  # an older GPU is chosen; it emulates bf16
+        ("auto", False, False, False, True, True),  # no GPU; a CPU with AVX-512 BF16 or AMX
+        ("auto", False, False, False, False, False),  # no GPU; most laptop CPUs
+        ("auto", False, False, True, True, False),  # Apple silicon: MPS is chosen
+        ("cpu", True, True, False, False, False),  # the CPU of a GPU machine
+        ("cpu", True, True, False, True, True),
+        ("gpu", True, True, False, False, True),
+        ("gpu", False, False, True, True, False),
+    ],
+)
+def test_bf16_is_native_where_the_chosen_device_computes_it(monkeypatch, accelerator, cuda, cuda_bf16, mps, cpu_bf16, native):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda_bf16)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16(accelerator) is native
+
+
+def test_precision_not_given_is_bf16_where_native_except_for_predict(tiny_mnist, in_tmp, monkeypatch, caplog):
+    import digits_lightning.cli as cli
+    from PIL import Image, ImageDraw
+
+    monkeypatch.setattr(cli, "native_bf16", lambda accelerator: True)
+    fitted = DigitsCLI(args=fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", "--test_after_fit=false"))
+    assert fitted.trainer.precision == "bf16-mixed"
+    assert "training in bf16 mixed precision (--trainer.precision 32-true for full precision)" in caplog.text
+    given = DigitsCLI(args=fit_args(tiny_mnist, "--trainer.precision=32-true")[1:], run=False)  # (no subcommand)
+    assert given.trainer.precision == "32-true"
+    # Prediction writes probabilities: full precision, whatever the device.
+    image = Image.new("L", (60, 60), 255)
+    ImageDraw.Draw(image).line([(30, 10), (30, 50)], fill=0, width=6)
+    image.save(in_tmp / "one.png")
+    ckpt = in_tmp / "checkpoints" / "dense" / "last.ckpt"
+    predicted = DigitsCLI(args=["predict", f"--ckpt_path={ckpt}", f"--data.predict_path={in_tmp / 'one.png'}",
+                                "--trainer.enable_progress_bar=false", "--trainer.logger=false"])  # fmt: skip
+    assert predicted.trainer.precision == "32-true"
+    monkeypatch.setattr(cli, "native_bf16", lambda accelerator: False)
+    assert DigitsCLI(args=fit_args(tiny_mnist)[1:], run=False).trainer.precision == "32-true"
 
 
 def test_evaluation_uses_the_checkpoints_normalisation_read_once(tiny_mnist, in_tmp, capsys, caplog, monkeypatch):
