@@ -1,4 +1,4 @@
-"""Lightning overhead and data-path speed-up, on the same model, recipe and tensors.
+"""Lightning overhead and data-path speed-up, on the same model, recipe and tensors, on the CPU.
 
 The model and recipe (network, optimiser settings, batch size, normalisation, augmentation) are
 read from the config, `configs/<model>.yaml` unless --config names another. Runs, interleaved and
@@ -12,7 +12,9 @@ repeated (medians):
                ours: no elastic wobble or pen width)
 and prints seconds per epoch, the ratios lightning/plain (target <= 1.15) and per-sample/lightning,
 and Lightning's own cost per step (training and validation steps) beside the plain loop's step;
---batch_size measures the same at another batch size (speed only: the learning rate stays).
+--batch_size measures the same at another batch size (speed only: the learning rate stays). All
+three run in the precision `fit` chooses on this CPU (bf16 mixed where it computes bfloat16
+natively), unless --precision says otherwise.
 
     python benchmarks/lightning_overhead.py --data_dir ../shared/datasets/mnist --model dense
     python benchmarks/lightning_overhead.py --data_dir ../shared/datasets/mnist --model dense --batch_size 2048 --skip_per_sample
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from benchmarks.hardware import describe  # noqa: E402
 from digits_lightning.callbacks import Report  # noqa: E402
-from digits_lightning.cli import DigitsCLI, skip_nvml_probe_without_gpu  # noqa: E402
+from digits_lightning.cli import DigitsCLI, native_bf16, skip_nvml_probe_without_gpu  # noqa: E402
 from digits_lightning.data import MNIST_MEAN, MNIST_STD  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -60,26 +62,32 @@ def lightning_epoch_seconds(args) -> float:
     report = Report()
     trainer = Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[report],
+        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[report], precision=args.precision,
+        accelerator="cpu",  # where the other two run
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
     return report.train_seconds / args.epochs
 
 
-def _plain_fit(model, batches, val_batches, epochs: int) -> float:
+def _plain_fit(model, batches, val_batches, epochs: int, precision: str) -> float:
     """The recipe by hand: Adam + one-cycle, per-epoch train loss/accuracy and a validation pass."""
     hp = model.hparams
-    net = model.net
-    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=True)
+    model.setup("fit")  # the memory layout; `model(x)` is the network's own forward
+    opt = torch.optim.Adam(model.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=True)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
     steps = epochs * sum(1 for _ in batches())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
     start = time.perf_counter()
     for _ in range(epochs):
-        net.train()
+        model.train()
         loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
         for x, y in batches():
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)
+            with autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,9 +95,9 @@ def _plain_fit(model, batches, val_batches, epochs: int) -> float:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        net.eval()
-        with torch.no_grad():
-            val_correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in val_batches())
+        model.eval()
+        with torch.no_grad(), autocast():
+            val_correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in val_batches())
         _ = (loss_sum / seen).item(), int(correct) / seen, val_correct
     return (time.perf_counter() - start) / epochs
 
@@ -111,7 +119,7 @@ def plain_epoch_seconds(args) -> float:
         for i in range(0, len(vy), batch_size):
             yield dm.normalize_images(vx[i : i + batch_size]), vy[i : i + batch_size]
 
-    return _plain_fit(model, batches, val_batches, args.epochs)
+    return _plain_fit(model, batches, val_batches, args.epochs, args.precision)
 
 
 def per_sample_epoch_seconds(args) -> float:
@@ -136,7 +144,7 @@ def per_sample_epoch_seconds(args) -> float:
     val = Subset(images(*normalize), order[: dm.hparams.val_size])
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=batch_size, num_workers=args.workers)
-    return _plain_fit(model, lambda: loader, lambda: val_loader, args.epochs)
+    return _plain_fit(model, lambda: loader, lambda: val_loader, args.epochs, args.precision)
 
 
 def main() -> None:
@@ -150,9 +158,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
     parser.add_argument("--skip_per_sample", action="store_true")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default=None, help="default: what fit chooses here")
     args = parser.parse_args()
+    args.precision = args.precision or ("bf16-mixed" if native_bf16("cpu") else "32-true")
     skip_nvml_probe_without_gpu()  # as `python -m digits_lightning` does
     print(describe())
+    print(f"precision: {args.precision}")
     runs = {"lightning": lightning_epoch_seconds, "plain": plain_epoch_seconds}
     if not args.skip_per_sample:
         runs["per-sample"] = per_sample_epoch_seconds
