@@ -159,7 +159,10 @@ class DigitsCLI(LightningCLI):
             # trains 20-45% faster on such a CPU, at the same accuracy). Prediction keeps full precision
             # for the probabilities it writes.
             config.trainer.precision = "bf16-mixed"
-            rank_zero_info("This device computes bfloat16 natively: training in bf16 mixed precision (--trainer.precision 32-true for full precision)")
+            rank_zero_info(
+                "This device computes bfloat16 natively: running in bf16 mixed precision"
+                " (--trainer.precision 32-true for full precision)"
+            )
         if self.subcommand != "fit":
             # Only a resumed fit uses the checkpoint folder's bookkeeping; elsewhere its move is no news.
             warnings.filterwarnings("ignore", "The dirpath has changed from")

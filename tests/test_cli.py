@@ -100,7 +100,7 @@ def test_precision_not_given_is_bf16_where_native_except_for_predict(tiny_mnist,
     monkeypatch.setattr(cli, "native_bf16", lambda accelerator: True)
     fitted = DigitsCLI(args=fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", "--test_after_fit=false"))
     assert fitted.trainer.precision == "bf16-mixed"
-    assert "training in bf16 mixed precision (--trainer.precision 32-true for full precision)" in caplog.text
+    assert "running in bf16 mixed precision (--trainer.precision 32-true for full precision)" in caplog.text
     given = DigitsCLI(args=fit_args(tiny_mnist, "--trainer.precision=32-true")[1:], run=False)  # (no subcommand)
     assert given.trainer.precision == "32-true"
     # Prediction writes probabilities: full precision, whatever the device.
