@@ -170,7 +170,7 @@ class CNNClassifier(DigitClassifier):
         weight_decay: float = 0.0,
         one_cycle: bool = True,
         label_smoothing: float = 0.1,
-        channels_last: bool = True,  # CPUs and GPUs run these convolutions fastest in NHWC, above all in bf16
+        channels_last: bool = True,  # NHWC: what oneDNN's fast CPU kernels (2x in bf16) and tensor cores want
         compile: bool = False,
     ) -> None:
         super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
