@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from digits_lightning.cli import native_bf16
+
 
 def describe() -> str:
     cpu = platform.processor() or platform.machine()
@@ -16,7 +18,8 @@ def describe() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    precision = "bf16-mixed" if native_bf16("auto") else "32-true"  # what `fit` chooses here
     return (
         f"hardware: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {gpu};"
-        f" torch {torch.__version__}, python {platform.python_version()}"
+        f" torch {torch.__version__}, python {platform.python_version()}; fit's default precision {precision}"
     )
