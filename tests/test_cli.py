@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from digits_lightning.cli import DigitsCLI, main, native_bf16
 from digits_lightning.models import CNNClassifier, DenseClassifier
@@ -95,7 +96,6 @@ def test_bf16_is_native_where_the_chosen_device_computes_it(monkeypatch, acceler
 
 def test_precision_not_given_is_bf16_where_native_except_for_predict(tiny_mnist, in_tmp, monkeypatch, caplog):
     import digits_lightning.cli as cli
-    from PIL import Image, ImageDraw
 
     monkeypatch.setattr(cli, "native_bf16", lambda accelerator: True)
     fitted = DigitsCLI(args=fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", "--test_after_fit=false"))
