@@ -11,13 +11,13 @@ import gzip
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
@@ -55,11 +55,27 @@ class TensorBatches(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        # NumPy reads a list of ints 7x faster than torch.as_tensor, and index_select copies whole
-        # rows where `images[index]` gathers byte by byte: 20 us instead of 250 for 512 images.
-        index = torch.from_numpy(np.fromiter(indices, np.int64, len(indices))).to(self.labels.device)
+    def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # index_select copies whole rows where `images[index]` gathers byte by byte: 20 us instead
+        # of 250 for 512 images.
+        index = torch.as_tensor(indices, dtype=torch.long).to(self.labels.device)
         return self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+class SliceBatches(BatchSampler):
+    """Batches of indices as slices of one index tensor per epoch, not lists of Python ints.
+
+    Building a list of 1024 ints and converting it back to a tensor cost 0.06 ms per step, a tenth
+    of Lightning's own cost per step. A `BatchSampler` still, so Lightning can swap in its
+    distributed sampler under DDP.
+    """
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        sampler = self.sampler
+        order = sampler.permutation() if isinstance(sampler, EpochShuffle) else torch.tensor(list(sampler), dtype=torch.long)
+        end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, end, self.batch_size):
+            yield order[start : start + self.batch_size]
 
 
 def keep_batch(batch):
@@ -261,11 +277,10 @@ class MNISTDataModule(LightningDataModule):
     def _loader(self, dataset: TensorBatches, shuffle: bool) -> DataLoader:
         # Seeded per epoch, and a private generator for the iterator's own seed: no loader draws from
         # the global generator, so a resumed fit repeats an uninterrupted one exactly (see resume.py).
-        sampler = EpochShuffle(len(dataset)) if shuffle else None
+        sampler = EpochShuffle(len(dataset)) if shuffle else SequentialSampler(dataset)
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
+            batch_sampler=SliceBatches(sampler, self.hparams.batch_size, drop_last=False),
             generator=torch.Generator(),
             collate_fn=keep_batch,
         )

@@ -48,9 +48,12 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
+    def permutation(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(epoch_seed(training_seed() or 0, self.epoch))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return torch.randperm(self.n, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
 
 
 class SeedEachEpoch(Callback):

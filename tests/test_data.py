@@ -8,7 +8,10 @@ import shutil
 import pytest
 import torch
 
-from digits_lightning.data import ARCHIVES, MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
+from torch.utils.data import BatchSampler
+
+from digits_lightning.data import ARCHIVES, MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule, SliceBatches
+from digits_lightning.resume import EpochShuffle
 from tests.conftest import write_tiny_mnist
 
 
@@ -36,6 +39,16 @@ def test_loader_serves_whole_batches_by_index(tiny_mnist):
     assert x.shape == (64, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
     seen = torch.cat([y for _, y in batches])
     assert torch.equal(seen.sort().values, dm.train_set.labels.sort().values)  # a permutation, nothing lost
+    assert torch.equal(torch.cat([y for _, y in dm.val_dataloader()]), dm.val_set.labels)  # in order
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("sampler", [EpochShuffle(1000), range(10, 1010)], ids=["shuffled", "any-sampler"])
+def test_slice_batches_are_torchs_batches(sampler, drop_last):
+    """The same batches as torch's `BatchSampler`, as tensors: what Lightning's distributed sampler relies on."""
+    ours, torchs = list(SliceBatches(sampler, 64, drop_last)), list(BatchSampler(sampler, 64, drop_last))
+    assert len(ours) == len(torchs) == len(SliceBatches(sampler, 64, drop_last))
+    assert [b.tolist() for b in ours] == torchs
 
 
 @pytest.mark.parametrize("normalize", ["unit", "standard"])
