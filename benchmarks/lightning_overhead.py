@@ -1,7 +1,7 @@
 """Lightning overhead and data-path speed-up, on the same model, recipe and tensors, on the CPU.
 
-The model and recipe (network, optimiser settings, batch size, normalisation, augmentation) are
-read from the config, `configs/<model>.yaml` unless --config names another. Runs, interleaved and
+The model and recipe (network, optimiser settings, batch size, normalisation, augmentation, epochs)
+are read from the config, `configs/<model>.yaml` unless --config names another. Runs, interleaved and
 repeated (medians):
   lightning  - our stack: MNISTDataModule + the model + a Trainer (no logger, checkpoints or progress
                bar, which the plain loop lacks too), the fit loop's time
@@ -47,12 +47,16 @@ from digits_lightning.data import MNIST_MEAN, MNIST_STD  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def make(args):
-    """The config's model and data module, built by the real CLI as `fit --config` builds them."""
+def build(args) -> DigitsCLI:
+    """The config's model, data module and trainer, built by the real CLI as `fit --config` builds them."""
     config = args.config or ROOT / "configs" / f"{args.model}.yaml"
     data = [f"--data.data_dir={args.data_dir}"] + ([f"--data.cache_dir={args.cache_dir}"] if args.cache_dir else [])
     data += [f"--data.batch_size={args.batch_size}"] if args.batch_size else []
-    cli = DigitsCLI(args=["--config", str(config), *data], run=False)
+    return DigitsCLI(args=["--config", str(config), *data], run=False)
+
+
+def make(args):
+    cli = build(args)
     return cli.model, cli.datamodule
 
 
@@ -153,7 +157,7 @@ def main() -> None:
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--model", choices=["dense", "cnn"], default="dense")
     parser.add_argument("--config", default=None, help="default: configs/<model>.yaml")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the config's max_epochs")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
@@ -162,8 +166,10 @@ def main() -> None:
     args = parser.parse_args()
     args.precision = args.precision or ("bf16-mixed" if native_bf16("cpu") else "32-true")
     skip_nvml_probe_without_gpu()  # as `python -m digits_lightning` does
+    # As many epochs as the real fit, so that a fit's one-off costs weigh in the same proportion.
+    args.epochs = args.epochs or build(args).trainer.max_epochs
     print(describe())
-    print(f"precision: {args.precision}")
+    print(f"precision: {args.precision}; {args.epochs} epochs per run")
     runs = {"lightning": lightning_epoch_seconds, "plain": plain_epoch_seconds}
     if not args.skip_per_sample:
         runs["per-sample"] = per_sample_epoch_seconds
