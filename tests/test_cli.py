@@ -169,7 +169,7 @@ def test_dense_config_is_the_reference_network(in_tmp):
     assert layers == ["Flatten", "Linear", "ReLU", "Linear"]
     assert (cli.model.net[1].in_features, cli.model.net[1].out_features, cli.model.net[3].out_features) == (784, 128, 10)
     assert cli.datamodule.hparams.normalize == "unit"
-    assert cli.trainer.max_epochs == 6
+    assert cli.trainer.max_epochs == 12
 
 
 def test_default_fit_is_the_cnn(in_tmp):
