@@ -213,14 +213,15 @@ def test_data_error_is_one_line_and_exit_2(in_tmp, capsys):
     assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err
 
 
-def test_real_mnist_dense_one_epoch(real_mnist, in_tmp, capsys, tmp_path):
+def test_real_mnist_dense_two_epochs(real_mnist, in_tmp, capsys, tmp_path):
+    """Two of dense.yaml's epochs of batch 1024 (108 steps) already pass 95% (96.0% here; one gives 93.6%)."""
     main(
         [
             "fit",
             "--config", str(CONFIGS / "dense.yaml"),
             f"--data.data_dir={real_mnist}",
             f"--data.cache_dir={tmp_path / 'cache'}",
-            "--trainer.max_epochs=1",
+            "--trainer.max_epochs=2",
             "--trainer.enable_progress_bar=false",
         ]
     )  # fmt: skip
