@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-
 from torch.utils.data import BatchSampler
 
 from digits_lightning.data import ARCHIVES, MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule, SliceBatches
