@@ -166,8 +166,9 @@ def main() -> None:
     args = parser.parse_args()
     args.precision = args.precision or ("bf16-mixed" if native_bf16("cpu") else "32-true")
     skip_nvml_probe_without_gpu()  # as `python -m digits_lightning` does
+    recipe = build(args)
     # As many epochs as the real fit, so that a fit's one-off costs weigh in the same proportion.
-    args.epochs = args.epochs or build(args).trainer.max_epochs
+    args.epochs = args.epochs or recipe.trainer.max_epochs
     print(describe())
     print(f"precision: {args.precision}; {args.epochs} epochs per run")
     runs = {"lightning": lightning_epoch_seconds, "plain": plain_epoch_seconds}
@@ -178,8 +179,7 @@ def main() -> None:
         for name, run in runs.items():
             times[name].append(run(args))
     med = {name: statistics.median(t) for name, t in times.items()}
-    _, dm = make(args)
-    hp = dm.hparams
+    hp = recipe.datamodule.hparams
     steps = math.ceil((60_000 - hp.val_size) / hp.batch_size) + math.ceil(hp.val_size / hp.batch_size)
     print(f"{args.model} batch {hp.batch_size}: {steps} steps per epoch (training and validation)")
     for name, t in times.items():
