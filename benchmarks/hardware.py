@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from digits_lightning.cli import native_bf16
+from digits_lightning.devices import native_bf16
 
 
 def describe() -> str:

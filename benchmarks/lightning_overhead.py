@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from benchmarks.hardware import describe  # noqa: E402
 from digits_lightning.callbacks import Report  # noqa: E402
-from digits_lightning.cli import DigitsCLI, native_bf16, skip_nvml_probe_without_gpu  # noqa: E402
-from digits_lightning.data import MNIST_MEAN, MNIST_STD  # noqa: E402
+from digits_lightning.cli import DigitsCLI  # noqa: E402
+from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -117,11 +117,11 @@ def plain_epoch_seconds(args) -> float:
         order = torch.randperm(len(ty))
         for i in range(0, len(ty), batch_size):
             idx = order[i : i + batch_size]
-            yield dm.normalize_images(tx.index_select(0, idx), augment=True), ty.index_select(0, idx)
+            yield dm.to_inputs(tx.index_select(0, idx), augment=True), ty.index_select(0, idx)
 
     def val_batches():
         for i in range(0, len(vy), batch_size):
-            yield dm.normalize_images(vx[i : i + batch_size]), vy[i : i + batch_size]
+            yield dm.to_inputs(vx[i : i + batch_size]), vy[i : i + batch_size]
 
     return _plain_fit(model, batches, val_batches, args.epochs, args.precision)
 
@@ -131,7 +131,6 @@ def per_sample_epoch_seconds(args) -> float:
     model, dm = make(args)
     batch_size = dm.hparams.batch_size
     dm.prepare_data()
-    normalize = [transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))] if dm.hparams.normalize == "standard" else []
     distort = []
     if (a := dm.augment) is not None:  # what users write: torchvision's per-image affine distortion
         affine = transforms.RandomAffine(
@@ -141,11 +140,12 @@ def per_sample_epoch_seconds(args) -> float:
         distort.append(transforms.RandomApply([affine], p=a.p))
 
     def images(*steps) -> MNIST:
-        return MNIST(str(dm.root), train=True, transform=transforms.Compose([transforms.ToTensor(), *steps]))
+        return MNIST(str(dm.files.root), train=True, transform=transforms.Compose([transforms.ToTensor(), *steps]))
 
     order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0)).tolist()
-    train = Subset(images(*distort, *normalize), order[dm.hparams.val_size :])
-    val = Subset(images(*normalize), order[: dm.hparams.val_size])
+    # ToTensor gives [0, 1] pixels, which the model normalises itself.
+    train = Subset(images(*distort), order[dm.hparams.val_size :])
+    val = Subset(images(), order[: dm.hparams.val_size])
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=batch_size, num_workers=args.workers)
     return _plain_fit(model, lambda: loader, lambda: val_loader, args.epochs, args.precision)

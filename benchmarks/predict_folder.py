@@ -35,8 +35,8 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.hardware import describe  # noqa: E402
+from digits_lightning.checkpoints import load_classifier  # noqa: E402
 from digits_lightning.data import MNISTDataModule  # noqa: E402
-from digits_lightning.models import DigitClassifier  # noqa: E402
 
 
 def render(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -76,24 +76,16 @@ def train_default(data_dir: str, cache_dir: str, workdir: Path) -> Path:
     print("training the default CNN (fit with no config) for the benchmark ...", flush=True)
     subprocess.run(
         [sys.executable, "-m", "digits_lightning", "fit", f"--data.data_dir={data_dir}", f"--data.cache_dir={cache_dir}",
-         "--trainer.enable_progress_bar=false", "--test_after_fit=false", "--trainer.logger=false"],
+         "--trainer.enable_progress_bar=false", "--test_after_fit=false", ],
         cwd=workdir, check=True, capture_output=True,
     )  # fmt: skip
     return next((workdir / "checkpoints" / "cnn").glob("epoch=*.ckpt"))
 
 
-def load_model(ckpt: Path) -> tuple[DigitClassifier, MNISTDataModule]:
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module, _, name = saved["hyper_parameters"]["_class_path"].rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    model = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    normalize = saved.get("datamodule_hyper_parameters", {}).get("normalize", "standard")
-    return model, MNISTDataModule(normalize=normalize)
-
-
 @torch.no_grad()
-def accuracy(model, dm, images: torch.Tensor, labels: torch.Tensor) -> float:
-    predicted = torch.cat([model(dm.normalize_images(images[i : i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Of uint8 `[N, 28, 28]` digits; the model takes them scaled to [0, 1]."""
+    predicted = torch.cat([model(images[i : i + 1000].unsqueeze(1) / 255).argmax(1) for i in range(0, len(images), 1000)])
     return 100 * float((predicted == labels).float().mean())
 
 
@@ -109,7 +101,7 @@ def predict(ckpt: Path, folder: Path, out: Path) -> tuple[float, float, str]:
     done = subprocess.run(
         [sys.executable, "-m", "digits_lightning", "predict", f"--ckpt_path={ckpt}", f"--data.predict_path={folder}",
          f"--prediction.output={out}", "--prediction.overwrite=true", "--trainer.enable_progress_bar=false",
-         "--trainer.logger=false"],
+         ],
         cwd=out.parent, capture_output=True, text=True,
     )  # fmt: skip
     wall = time.perf_counter() - start
@@ -142,7 +134,7 @@ def main() -> None:
     print(f"wrote {len(files):,} user-like files into {folder}")
     ckpts = [Path(c).resolve() for c in args.ckpt_paths] if args.ckpt_paths else [train_default(args.data_dir, cache, work)]
     for ckpt in ckpts:
-        model, model_dm = load_model(ckpt)
+        model = load_classifier(ckpt)
         walls, loops = [], []
         for _ in range(args.repeats):
             wall, loop, _ = predict(ckpt, folder, work / "predictions.csv")
@@ -153,11 +145,11 @@ def main() -> None:
         right = sum(r["digit"] == Path(r["path"]).stem.split("_")[1] for r in rows)
         failed = sum(bool(r["error"]) for r in rows)
         files_acc = 100 * right / len(rows)
-        raw_acc = accuracy(model, model_dm, images, labels)
-        all_acc = accuracy(model, model_dm, dm.test_set.images, dm.test_set.labels)
+        raw_acc = accuracy(model, images, labels)
+        all_acc = accuracy(model, dm.test_set.images, dm.test_set.labels)
         naive_images = torch.from_numpy(np.stack([naive(f) for f in files]))
         naive_labels = torch.tensor([int(f.stem.split("_")[1]) for f in files])
-        naive_acc = accuracy(model, model_dm, naive_images, naive_labels)
+        naive_acc = accuracy(model, naive_images, naive_labels)
         n = len(rows)
         print(f"checkpoint: {ckpt.name} ({type(model).__name__})")
         print(f"  throughput end to end     {n / statistics.median(walls):7.0f} images/s (runs: {', '.join(f'{w:.1f}' for w in walls)} s for {n:,} images)")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from digits_lightning.errors import SettingError
+
 
 @dataclass
 class Augment:
@@ -27,13 +29,13 @@ class Augment:
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 0:
-                raise ValueError(f"data.augment.{name} must be at least 0, got {value}")
+                raise SettingError(f"data.augment.{name} must be at least 0, got {value}")
         for name in ("p", "thickness"):
             if getattr(self, name) > 1:
-                raise ValueError(f"data.augment.{name} is a share of the images: at most 1, got {getattr(self, name)}")
+                raise SettingError(f"data.augment.{name} is a share of the images: at most 1, got {getattr(self, name)}")
         for name in ("scale", "aspect"):
             if getattr(self, name) >= 1:
-                raise ValueError(f"data.augment.{name} must be below 1 (1 shrinks digits to nothing), got {getattr(self, name)}")
+                raise SettingError(f"data.augment.{name} must be below 1 (1 shrinks digits to nothing), got {getattr(self, name)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: float `[N, 1, H, W]` in [0, 1], white ink on black; returns the same shape."""
@@ -93,10 +95,3 @@ def bicubic_weights(size: int, coarse: int, device: torch.device) -> torch.Tenso
     upsamples `coarse` values to `size`; the 2-D upsampling is this matrix applied to rows and columns."""
     basis = torch.eye(coarse, device=device).view(coarse, 1, coarse, 1)
     return F.interpolate(basis, size=(size, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T
-
-
-# The command lines' default (`fit` and `plots samples`): without a config, training distorts half
-# of the digits (any --model), to read people's handwriting, not only MNIST's: +0.3 points on MNIST's
-# test set for the CNN, more on people's files. Configs say what they want (configs/dense.yaml:
-# null, as the reference), and so may --data.augment null.
-DATA_DEFAULTS = {"data.augment": Augment(p=0.5)}

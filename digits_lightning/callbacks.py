@@ -50,19 +50,6 @@ class Report(Callback):
 # -- pictures and the HPARAMS tab ------------------------------------------------------------------
 
 
-def training_samples(datamodule, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `count` images of the training split as the model sees them: normalised, and
-    distorted when augmentation is on (seeded, and outside the training's own random stream)."""
-    if not hasattr(datamodule, "train_set"):
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-    images, labels = datamodule.train_set.images[:count], datamodule.train_set.labels[:count]
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        x = datamodule.normalize_images(images, augment=True)
-    return x.cpu().numpy(), labels.cpu().numpy()
-
-
 class _Pictures(Callback):
     """Figures become `<name>.png` in the run's log folder and, with TensorBoard, the image `<name>`;
     where each went is printed when the stage ends. Nothing happens without a logger or in fast_dev_run."""
@@ -102,9 +89,11 @@ class TrainingPictures(_Pictures):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.history, self._val, self._ended = [], {}, None
-        if self._active(trainer) and hasattr(trainer.datamodule, "normalize_images"):
-            images, labels = training_samples(trainer.datamodule, self.samples)
-            fig = plots.sample_grid(images, labels, augmented=getattr(trainer.datamodule, "augment", None) is not None)
+        if self._active(trainer) and hasattr(trainer.datamodule, "training_samples"):
+            images, labels = trainer.datamodule.training_samples(self.samples)
+            names = _class_names(pl_module)
+            augmented = getattr(trainer.datamodule, "augment", None) is not None
+            fig = plots.sample_grid(images.numpy(), [names[int(y)] for y in labels], augmented=augmented)
             self._publish(trainer, "samples", "Training samples", fig, step=0)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -149,7 +138,8 @@ class TestPictures(_Pictures):
         self.mistakes: list[torch.Tensor] = []  # images, true, predicted, confidence; most confident first
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.matrix = MulticlassConfusionMatrix(num_classes=10).to(pl_module.device) if self._active(trainer) else None
+        classes = len(_class_names(pl_module))
+        self.matrix = MulticlassConfusionMatrix(num_classes=classes).to(pl_module.device) if self._active(trainer) else None
         self.mistakes = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -175,9 +165,11 @@ class TestPictures(_Pictures):
         counts = self.matrix.compute().cpu().numpy()  # on every process: it gathers their counts
         total, wrong = int(counts.sum()), int(counts.sum() - np.trace(counts))
         step = trainer.global_step
-        fig = plots.confusion_matrix(counts, "Confusion matrix of the test set")
+        names = _class_names(pl_module)
+        fig = plots.confusion_matrix(counts, "Confusion matrix of the test set", names)
         self._publish(trainer, "confusion_matrix", "Confusion matrix", fig, step)
         images, true, predicted, confidence = (t.cpu().numpy() for t in self.mistakes)
+        true, predicted = [names[int(i)] for i in true], [names[int(i)] for i in predicted]
         fig = plots.misclassified_grid(images, true, predicted, confidence, total=total, wrong=wrong)
         self._publish(trainer, "misclassified", "Worst mistakes", fig, step)
 
@@ -257,6 +249,11 @@ def _hyperparameters(trainer: Trainer, pl_module: LightningModule) -> dict:
             params["augment"] = repr(datamodule.augment) if datamodule.augment else "off"
     # Private keys (`_class_path`) and the predict-only options say nothing about a run's results.
     return {name: value for name, value in params.items() if not name.startswith(("_", "predict_"))}
+
+
+def _class_names(pl_module: LightningModule) -> list[str]:
+    names = pl_module.hparams.get("class_names")
+    return [str(name) for name in names] if names else [str(i) for i in range(10)]
 
 
 def _metrics(trainer: Trainer, *names: str) -> dict[str, float]:

@@ -20,12 +20,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from digits_lightning.atomic_write import write_atomically
+from digits_lightning.errors import CheckpointError
+from digits_lightning.models import DigitClassifier
 
 RESUME_HINT = "`fit --ckpt_path last` resumes from the newest last.ckpt of the model's checkpoint folder"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint the user named cannot be used; the message names the file and the fix."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -64,7 +62,15 @@ def read_checkpoint(path, map_location: Any = "cpu", weights_only: bool | None =
     return checkpoint
 
 
-def check_model_class(path, checkpoint: dict[str, Any], base: type) -> None:
+def load_classifier(path, map_location: Any = "cpu"):
+    """The model saved in a checkpoint of `fit`, in eval mode: `model(x)` takes images `[N, 1, 28, 28]`
+    in [0, 1] and gives logits; `model.hparams.class_names` names the classes."""
+    checkpoint = read_checkpoint(path)
+    cls = check_model_class(path, checkpoint, DigitClassifier)
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True).eval()
+
+
+def check_model_class(path, checkpoint: dict[str, Any], base: type) -> type:
     """Refuses a checkpoint saved by a class other than a `base` subclass, or with settings it does not take.
 
     (The CLI rebuilds the model from the class and settings saved in the checkpoint.)
@@ -78,7 +84,7 @@ def check_model_class(path, checkpoint: dict[str, Any], base: type) -> None:
                 " version). Load it in Python with DenseClassifier.load_from_checkpoint or"
                 " CNNClassifier.load_from_checkpoint instead."
             )
-        return
+        return base
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(import_module(module), name)
@@ -96,41 +102,7 @@ def check_model_class(path, checkpoint: dict[str, Any], base: type) -> None:
             f"{path} was saved with settings {name} no longer takes ({', '.join(unknown)}): it comes from an"
             " incompatible version of digits_lightning. Evaluate it with that version, or train anew."
         )
-
-
-def check_weights_fit(model: torch.nn.Module, checkpoint: dict[str, Any], path=None) -> None:
-    """Refuses weights of another network or version before they are loaded into `model`."""
-    expected, found = model.state_dict(), checkpoint.get("state_dict", {})
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    resized = [
-        f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in found and hasattr(found[k], "shape") and found[k].shape != v.shape
-    ]
-    found_problems = (("missing", missing), ("unexpected", unexpected), ("other shapes:", resized))
-    problems = [f"{what} {_some(keys)}" for what, keys in found_problems if keys]
-    if problems:
-        raise CheckpointError(
-            f"{path or 'The checkpoint'} does not fit this {type(model).__name__} ({'; '.join(problems)}): it was"
-            " trained with other model settings or by an incompatible version. Use the settings it was trained"
-            " with (for `fit --ckpt_path last`: those of the interrupted run), or train anew."
-        )
-
-
-def check_schedule_fits(checkpoint: dict[str, Any], total_steps: float, path=None) -> None:
-    """Refuses to resume a one-cycle schedule for another number of steps (it would fail past its end)."""
-    saved = [s.get("total_steps") for s in checkpoint.get("lr_schedulers") or [] if isinstance(s, dict)]
-    if saved and saved[0] is not None and saved[0] != total_steps:
-        raise CheckpointError(
-            f"{path or 'The checkpoint'} was trained under a one-cycle schedule of {saved[0]} steps, but this"
-            f" run would take {total_steps}: resume with the trainer.max_epochs and data settings of the"
-            " interrupted run."
-        )
-
-
-def _some(items: list[str], shown: int = 3) -> str:
-    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+    return cls
 
 
 def _is_local(path) -> bool:

@@ -1,38 +1,56 @@
-"""`python -m digits_lightning fit|validate|test|predict`: Lightning's own CLI, with our defaults.
+"""`python -m digits_lightning fit|validate|test|predict|samples`: Lightning's own CLI, with our defaults.
 
 Defaults live in the typed `__init__` signatures and in `configs/*.yaml`; this file only adds what
-a CLI needs on top: per-model folders for checkpoints and logs, the test after `fit`, the
-checkpoint's own data settings at evaluation time, and one-line errors instead of tracebacks.
+a CLI needs on top: per-model folders for checkpoints and logs, the test after `fit`, the data
+set's class names handed to the model, the checkpoint's own data split at evaluation time, and
+one line (exit status 2) for the user's mistakes. Our own bugs keep their traceback.
 """
 
 from __future__ import annotations
 
-import os
+import inspect
+import logging
 import re
 import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from digits_lightning.augment import DATA_DEFAULTS
 from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
-from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
-from digits_lightning.data import MNISTDataError, MNISTDataModule
+from digits_lightning.checkpoints import check_model_class, read_checkpoint
+from digits_lightning.data import MNISTDataModule
+from digits_lightning.defaults import DATA_DEFAULTS
+from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu
+from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, CheckpointError, SettingError, UserError, user_error_in
 from digits_lightning.models import DigitClassifier
-from digits_lightning.prediction import NothingPredicted, PredictionError, PredictionWriter
+from digits_lightning.prediction import NothingPredicted, PredictionWriter, PredictThreads
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
+# Subcommands of ours, beside Lightning's: each module's `main(args)` parses its own options.
+OWN_COMMANDS = {"samples": "digits_lightning.samples"}
 # Lightning 2.6's data loops use a torch class (LeafSpec) that recent torch deprecates: news for
 # Lightning's developers, printed to our users at every command.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+warnings.filterwarnings("ignore", "Precision .* is not supported by the model summary")
+
+
+class _Quiet(logging.Filter):
+    """Lines Lightning prints at every run that tell our users nothing about theirs."""
+
+    NOISE = ("💡 Tip:", "Loading `train_dataloader` to estimate number of stepping batches")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_Quiet())
 
 
 class DigitsCLI(LightningCLI):
@@ -48,11 +66,16 @@ class DigitsCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "", "default_hp_metric": False},
                 },
-                "callbacks": [Report(), SeedEachEpoch(), TrainingPictures(), TestPictures(), HParams()],
+                "callbacks": [Report(), SeedEachEpoch(), TrainingPictures(), TestPictures(), HParams(), PredictThreads()],
                 "plugins": [{"class_path": "digits_lightning.checkpoints.AtomicCheckpointIO"}],
+                # The data module shards the data itself under DDP (see data.py).
+                "use_distributed_sampler": False,
             },
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": "Train digit classifiers on MNIST and read your own digit images."},
+            parser_kwargs={
+                "description": "Train digit classifiers on MNIST and read your own digit images.",
+                "epilog": "Also: samples (a grid of training images; samples --help).",
+            },
             seed_everything_default=42,
             auto_configure_optimizers=False,
             args=args,
@@ -106,19 +129,21 @@ class DigitsCLI(LightningCLI):
         config = self.config[subcommand]
         epochs = config.trainer.max_epochs
         if subcommand == "fit" and epochs is not None and (epochs == 0 or epochs < -1):
-            raise ValueError(f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {epochs}")
+            raise SettingError(f"trainer.max_epochs must be at least 1 (or -1 for no limit), got {epochs}")
         if subcommand != "fit" and config.get("ckpt_path") in (None, "", "best"):
             # ("best" means the best of a fit in this process to Lightning; to a user, the best checkpoint)
             config.ckpt_path = str(self._newest_checkpoint(config))
         if subcommand == "predict" and config.get("return_predictions") is None:
             config.return_predictions = False  # the writer streams them to disk; keeping them all grows without end
         ckpt = config.get("ckpt_path")
+        if subcommand == "fit" and ckpt == "last":
+            ckpt = _checkpoint_folder(config) / "last.ckpt"
+            ckpt = str(ckpt) if ckpt.is_file() else None  # (Lightning says itself that there is none)
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith("registry:"):
             # Before LightningCLI reads the checkpoint's class and settings, which fails with a traceback.
             checkpoint = read_checkpoint(ckpt)
             check_model_class(ckpt, checkpoint, DigitClassifier)
-            if subcommand != "fit":
-                _use_saved_normalisation(config, checkpoint)
+            _use_checkpoint_split(subcommand, config, checkpoint, ckpt)
 
     @staticmethod
     def _newest_checkpoint(config) -> Path:
@@ -133,6 +158,15 @@ class DigitsCLI(LightningCLI):
         rank_zero_info(f"Using checkpoint {found} (the newest best in {folder}; choose another with --ckpt_path)")
         return found
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            mistake = user_error_in(err)
+            if mistake is None:
+                raise
+            raise mistake from None
+
     def instantiate_trainer(self, **kwargs):
         trainer = self._get(self.config_init, "trainer", default={})
         bars = [c for c in trainer.get("callbacks") or [] if isinstance(c, ProgressBar)]
@@ -143,6 +177,10 @@ class DigitsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":  # the model learns the data set's classes and keeps their names
+            symbols = MNISTDataModule.symbol_set
+            config.model.init_args.class_names = tuple(symbols.class_names)
+            config.model.init_args.dataset_stats = tuple(symbols.stats)
         if config.trainer.enable_checkpointing is False:
             # Our --checkpoint.* callback always exists, and Lightning refuses one beside this switch:
             # switched off, it stays and saves nothing.
@@ -151,7 +189,11 @@ class DigitsCLI(LightningCLI):
         if config.checkpoint.dirpath is None:  # (a given one stays as written: it may be a URL)
             config.checkpoint.dirpath = str(_checkpoint_folder(config))
         logger = config.trainer.logger
-        if isinstance(logger, dict) or hasattr(logger, "init_args"):
+        if self.subcommand == "predict":
+            # A prediction writes its own files: no run folder, no config.yaml beside them.
+            config.trainer.logger = False
+            self.save_config_callback = None
+        elif isinstance(logger, dict) or hasattr(logger, "init_args"):
             if logger.init_args.get("name") == "":
                 logger.init_args["name"] = _model_name(config.model.class_path)
         if config.trainer.precision is None and self.subcommand != "predict" and native_bf16(config.trainer.accelerator):
@@ -177,18 +219,35 @@ class DigitsCLI(LightningCLI):
 
     def after_predict(self) -> None:
         writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
-        if writer is not None and writer.total and not writer.predicted:
+        results = writer.results if writer is not None else None
+        if results is not None and results.total and not results.predicted:
             raise NothingPredicted(
-                f"none of the {writer.total:,} images could be predicted: {writer.paths['csv']} says why for each"
+                f"none of the {results.total:,} images could be predicted: {results.paths['csv']} says why for each"
             )
 
 
-def _use_saved_normalisation(config, checkpoint: dict) -> None:
-    """Evaluate with the inputs the model was trained on, whatever the command line says."""
-    saved = checkpoint.get("datamodule_hyper_parameters", {}).get("normalize")
-    if saved is not None and saved != config.data.normalize:
-        rank_zero_info(f"Using the checkpoint's input normalisation: {saved}")
-        config.data.normalize = saved
+SPLIT = ("val_size", "split_seed")
+
+
+def _use_checkpoint_split(subcommand: str, config, checkpoint: dict, path) -> None:
+    """Validate on the split the checkpoint was trained with, never on its own training images.
+
+    Where the command line leaves the split at its default, the checkpoint's is used; `validate` and a
+    resumed `fit` refuse another one given explicitly. (`test` and `predict` use no split.)
+    """
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    defaults = inspect.signature(MNISTDataModule).parameters
+    for key in SPLIT:
+        if key not in saved or config.data[key] == saved[key]:
+            continue
+        if subcommand in ("validate", "fit") and config.data[key] != defaults[key].default:
+            raise SettingError(
+                f"{path} was trained with data.{key}={saved[key]}, so data.{key}={config.data[key]} would validate on"
+                f" images it trained on: leave data.{key} out (the checkpoint's is used), or train anew"
+            )
+        if subcommand in ("validate", "fit"):
+            rank_zero_info(f"Using the checkpoint's data.{key}={saved[key]}")
+        config.data[key] = saved[key]
 
 
 def _names_a_model(args: list[str]) -> bool:
@@ -219,41 +278,32 @@ def _model_name(class_path: str) -> str:
     return getattr(model, "name", cls.lower())
 
 
-def native_bf16(accelerator) -> bool:
-    """Whether the device `--trainer.accelerator` picks computes bfloat16 natively: a CUDA GPU that
-    does (Ampere and newer), or a CPU with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated, and slower."""
-    name = accelerator.lower() if isinstance(accelerator, str) else ""
-    if name in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if name == "cpu" or (name == "auto" and not torch.backends.mps.is_available()):
-        probes = [getattr(torch.cpu, probe, None) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(probe() for probe in probes if probe is not None)
-    return False
-
-
-def skip_nvml_probe_without_gpu() -> None:
-    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 to keep forking safe on GPU machines. Without
-    a GPU there is nothing to protect, and the setting makes torch load NVML again in every Adam
-    step (~0.5 ms: a fifth of a dense-model step on a laptop CPU)."""
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
-        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+def run(args: list[str] | None = None) -> None:
+    """One command, errors and all: ours (`samples`, ...) or Lightning's."""
+    args = sys.argv[1:] if args is None else list(args)
+    if args and args[0] in OWN_COMMANDS:
+        module = __import__(OWN_COMMANDS[args[0]], fromlist=["main"])
+        module.main(args[1:])
+        return
+    skip_nvml_probe_without_gpu()
+    DigitsCLI(args=args)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point; errors the user can fix end as one line on stderr and exit status 2."""
-    skip_nvml_probe_without_gpu()
+    """Entry point. The user's mistakes end as one line on stderr and exit status 2; a prediction of
+    which no file could be read ends with status 3; anything else keeps its traceback."""
     try:
-        DigitsCLI(args=args)
+        run(args)
     except NothingPredicted as err:
         sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_NOTHING_PREDICTED) from None
     except MisconfigurationException as err:  # Lightning's word for settings it cannot run with
         hint = " (--trainer.accelerator auto uses a GPU where there is one, else the CPU)" if _names_gpu(str(err)) else ""
         sys.stderr.write(f"error: {_one_line(str(err))}{hint}\n")
-        raise SystemExit(2) from None
-    except (MNISTDataError, CheckpointError, PredictionError, ValueError, FileNotFoundError, ArgumentError) as err:
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except (UserError, ArgumentError) as err:
         sys.stderr.write(f"error: {_one_line(str(err))}\n")
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 # Lines of jsonargparse's nested reports that only repeat the type information.
@@ -274,7 +324,9 @@ def _one_line(message: str) -> str:
         return f"unknown model {given.group(1)!r}: use {names} (or the import path of a DigitClassifier subclass)"
     message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", message)
     lines = [re.sub(r"^- ", "", line.strip()) for line in message.splitlines()]
-    return " ".join(line for line in lines if line and not line.startswith(_NOISE))
+    line = " ".join(line for line in lines if line and not line.startswith(_NOISE))
+    # A model setting's report names the model's class and then the setting: name the option.
+    return re.sub(r'^--model: Problem with given class_path \S+ Parser key "([^"]+)":', r"--model.\1:", line)
 
 
 if __name__ == "__main__":

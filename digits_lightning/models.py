@@ -1,10 +1,16 @@
-"""The two reference networks as LightningModules: a dense 784-128-10 net and a small CNN.
+"""The LightningModules: a plain network from `nets.py` with what its weights need and how it learns.
 
-Both train with Adam on cross-entropy over logits (softmax only where probabilities are
-reported), optionally under a one-cycle learning-rate schedule, and track torchmetrics accuracy.
+The model owns its inputs: `model(x)` takes images scaled to [0, 1], shape `[N, 1, 28, 28]`, white
+ink on black, and applies its own normalisation, so a checkpoint loaded anywhere (a script, the
+CLI, an exported file, a web server) is fed the same way. Its class names travel with it too.
+
+Both references train with Adam on cross-entropy over logits (softmax only where probabilities
+are reported), optionally under a one-cycle learning-rate schedule, and track torchmetrics accuracy.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +19,26 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from digits_lightning.checkpoints import check_schedule_fits, check_weights_fit
+from digits_lightning.compatibility import check_schedule_fits, check_weights_fit
+from digits_lightning.datasets import DIGITS, SYMBOL_SETS
+from digits_lightning.errors import SettingError
+from digits_lightning.nets import ConvNet, DenseNet
+
+MNIST_STATS = SYMBOL_SETS["mnist"].stats
 
 
 class DigitClassifier(LightningModule):
-    """What both networks share: the steps, the metrics and the optimiser. Subclasses set `self.net`."""
+    """What every network shares: input normalisation, the steps, the metrics and the optimiser.
+
+    Subclasses set `self.net`, a plain `nn.Module` from normalised images to logits.
+
+    Args (shared by the subclasses):
+        normalize: `unit` feeds the network the [0, 1] pixels as they are (the dense reference);
+            `standard` subtracts the data set's mean and divides by its standard deviation.
+        class_names: One name per class, in label order; set from the data set by the CLI.
+        dataset_stats: The training pixels' mean and standard deviation, for `standard`; set from
+            the data set by the CLI.
+    """
 
     name = "digits"  # folder name for checkpoints and logs
 
@@ -30,23 +51,39 @@ class DigitClassifier(LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        normalize: Literal["unit", "standard"] = "standard",
+        class_names: tuple[str, ...] = DIGITS,
+        dataset_stats: tuple[float, float] = MNIST_STATS,
     ) -> None:
         super().__init__()
         if lr <= 0:
-            raise ValueError(f"model.lr must be positive, got {lr}")
+            raise SettingError(f"model.lr must be positive, got {lr}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
+            raise SettingError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
         if weight_decay < 0:
-            raise ValueError(f"model.weight_decay must not be negative, got {weight_decay}")
+            raise SettingError(f"model.weight_decay must not be negative, got {weight_decay}")
         if not 0 <= label_smoothing <= 1:
-            raise ValueError(f"model.label_smoothing must be in [0, 1], got {label_smoothing}")
+            raise SettingError(f"model.label_smoothing must be in [0, 1], got {label_smoothing}")
+        if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+            raise SettingError(f"model.class_names must be at least two different names, got {list(class_names)}")
+        if dataset_stats[1] <= 0:
+            raise SettingError(f"model.dataset_stats must be a mean and a positive deviation, got {list(dataset_stats)}")
+        self.example_input_array = torch.zeros(2, 1, 28, 28)  # the model summary's sizes and FLOPs
         # Per-stage running metrics, updated every step and logged once per epoch: `self.log` in
         # every step costs more than a whole step of these tiny networks.
         self.metrics = nn.ModuleDict()
         for stage in ("train", "val", "test"):
             self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")
-            self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+            self.metrics[f"{stage}_acc"] = MulticlassAccuracy(len(class_names), average="micro", validate_args=False)
         self._compiled = None
+        self._set_normalisation(normalize, dataset_stats)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.hparams.class_names)
+
+    def _set_normalisation(self, normalize: str, stats) -> None:
+        self._mean, self._std = (float(stats[0]), float(stats[1])) if normalize == "standard" else (0.0, 1.0)
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
@@ -56,7 +93,9 @@ class DigitClassifier(LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`."""
+        """Images `[N, 1, 28, 28]` in [0, 1] (white ink on black) -> logits `[N, classes]`."""
+        if self._mean or self._std != 1:
+            x = (x - self._mean) / self._std
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self._compiled is None else self._compiled)(x)
@@ -71,7 +110,7 @@ class DigitClassifier(LightningModule):
         return loss, logits
 
     def _log_epoch(self, stage: str) -> None:
-        """Log `<stage>_loss` and `<stage>_acc` (synchronised across processes) and start afresh."""
+        """Log `<stage>_loss` and `<stage>_acc` (torchmetrics gathers every process's counts) and start afresh."""
         for name in (f"{stage}_loss", f"{stage}_acc"):
             self.log(name, self.metrics[name].compute(), prog_bar=name == "val_acc")
             self.metrics[name].reset()
@@ -98,11 +137,17 @@ class DigitClassifier(LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`), with the files'
         paths and errors, so that `trainer.predict` results say which file each row belongs to."""
-        probs = self(batch["image"]).softmax(dim=1)
+        probs = self(batch["image"]).float().softmax(dim=1)
         return {"path": batch["path"], "error": batch["error"], "probs": probs}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse the weights of another network or version with one clear error, before loading them."""
+        """Refuse the weights of another network with one clear error, before loading them; read the
+        normalisation of checkpoints written before the model carried it (the data module held it)."""
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if "normalize" not in hparams:
+            saved = (checkpoint.get("datamodule_hyper_parameters") or {}).get("normalize", "standard")
+            self.hparams.normalize = saved
+            self._set_normalisation(saved, self.hparams.dataset_stats)
         path = getattr(self._trainer, "ckpt_path", None)
         check_weights_fit(self, checkpoint, path)
         if self._trainer is not None and self.trainer.state.fn == "fit" and self.hparams.one_cycle:
@@ -120,7 +165,7 @@ class DigitClassifier(LightningModule):
             return optimizer
         steps = self.trainer.estimated_stepping_batches
         if steps == float("inf"):
-            raise ValueError(
+            raise SettingError(
                 "the one-cycle schedule needs to know how long training runs: with --trainer.max_epochs -1,"
                 " set --trainer.max_steps, or turn the schedule off with --model.one_cycle false"
             )
@@ -132,7 +177,7 @@ class DigitClassifier(LightningModule):
 
 
 class DenseClassifier(DigitClassifier):
-    """The dense reference: Flatten -> Linear(784, hidden) -> ReLU -> Linear(hidden, 10)."""
+    """The dense reference (`nets.DenseNet`), fed the [0, 1] pixels as they are by default."""
 
     name = "dense"
 
@@ -146,16 +191,21 @@ class DenseClassifier(DigitClassifier):
         label_smoothing: float = 0.1,
         channels_last: bool = False,
         compile: bool = False,
+        normalize: Literal["unit", "standard"] = "unit",
+        class_names: tuple[str, ...] = DIGITS,
+        dataset_stats: tuple[float, float] = MNIST_STATS,
     ) -> None:
-        super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        super().__init__(
+            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names, dataset_stats
+        )
         if hidden < 1:
-            raise ValueError(f"model.hidden must be at least 1, got {hidden}")
+            raise SettingError(f"model.hidden must be at least 1, got {hidden}")
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        self.net = DenseNet(hidden, len(class_names))
 
 
 class CNNClassifier(DigitClassifier):
-    """Two conv + pool blocks -> flatten -> dense -> 10 classes (`batch_norm` for the stronger config)."""
+    """The CNN reference (`nets.ConvNet`); `batch_norm` and `dropout` for the stronger config."""
 
     name = "cnn"
 
@@ -172,24 +222,18 @@ class CNNClassifier(DigitClassifier):
         label_smoothing: float = 0.1,
         channels_last: bool = True,  # NHWC: what oneDNN's fast CPU kernels (2x in bf16) and tensor cores want
         compile: bool = False,
+        normalize: Literal["unit", "standard"] = "standard",
+        class_names: tuple[str, ...] = DIGITS,
+        dataset_stats: tuple[float, float] = MNIST_STATS,
     ) -> None:
-        super().__init__(lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile)
+        super().__init__(
+            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names, dataset_stats
+        )
         if len(channels) != 2 or min(channels) < 1 or hidden < 1:
-            raise ValueError(f"model.channels must be two counts and model.hidden one, each at least 1, got {list(channels)} and {hidden}")
+            raise SettingError(
+                f"model.channels must be two counts and model.hidden one, each at least 1, got {list(channels)} and {hidden}"
+            )
         if not 0 <= dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+            raise SettingError(f"model.dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
-        c1, c2 = channels
-
-        def norm(c: int) -> nn.Module:
-            return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
-
-        self.net = nn.Sequential(
-            nn.Conv2d(1, c1, 5, bias=not batch_norm), norm(c1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 24 -> 12
-            nn.Conv2d(c1, c2, 3, bias=not batch_norm), norm(c2), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 10 -> 5
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 10),
-        )  # fmt: skip
+        self.net = ConvNet(tuple(channels), hidden, len(class_names), batch_norm, dropout)

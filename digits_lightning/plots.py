@@ -3,16 +3,12 @@
 The figures are plain `matplotlib.figure.Figure`s rendered by the Agg canvas: no pyplot, so no
 global state and no window, whatever backend the user has configured. `render` gives the RGB
 pixels that go both into the PNG and into TensorBoard, so the two always show the same picture.
-
-    python -m digits_lightning.plots samples --data.data_dir DIR --out samples.png
-
-writes the grid of training images without training (the same `--data.*` options as `fit`).
+Only numpy, matplotlib and Pillow: this module draws, and knows nothing of models or data.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +29,10 @@ SHEET_SIDE = 84  # pixels a side of each image on the prediction contact sheet
 TRAIN, VAL = "tab:blue", "tab:orange"
 
 
-def sample_grid(images: np.ndarray, labels: np.ndarray, augmented: bool = False) -> Figure:
-    """Digits `[N, 28, 28]` (or `[N, 1, 28, 28]`, any scale: normalised inputs are fine) with their labels."""
-    title = "Training images and their labels" + (" (augmented, as the model sees them)" if augmented else "")
-    return _image_grid(images, [str(int(label)) for label in labels], title)
+def sample_grid(images: np.ndarray, labels, augmented: bool = False) -> Figure:
+    """Images `[N, 28, 28]` (or `[N, 1, 28, 28]`, any scale) under their labels (class names)."""
+    title = "Training images and their labels" + (" (augmented, as the model gets them)" if augmented else "")
+    return _image_grid(images, [str(label) for label in labels], title)
 
 
 def learning_curves(history: list[dict[str, float]], title: str = "Learning curves") -> Figure:
@@ -82,7 +78,7 @@ def best_epoch(history: list[dict[str, float]]) -> int | None:
     return scores.index(max(scores))
 
 
-def confusion_matrix(counts: np.ndarray, title: str = "Confusion matrix") -> Figure:
+def confusion_matrix(counts: np.ndarray, title: str = "Confusion matrix", class_names=None) -> Figure:
     """Counts `[true, predicted]` written in the cells; colour is each cell's share of its true class,
     on a log scale, so that a handful of mistakes stands out next to thousands of right answers."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -100,10 +96,11 @@ def confusion_matrix(counts: np.ndarray, title: str = "Confusion matrix") -> Fig
                 pred, true, str(n), ha="center", va="center", fontsize=9 if n else 8,
                 color="white" if dark else ("black" if n else "0.75"),
             )  # fmt: skip
-    ax.set_xticks(range(classes))
-    ax.set_yticks(range(classes))
-    ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
+    names = [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(classes)]
+    ax.set_xticks(range(classes), names)
+    ax.set_yticks(range(classes), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     ax.xaxis.set_label_position("top")
     ax.xaxis.tick_top()
     bar = fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the true digit's images")
@@ -114,13 +111,14 @@ def confusion_matrix(counts: np.ndarray, title: str = "Confusion matrix") -> Fig
 
 
 def misclassified_grid(
-    images: np.ndarray, true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, total: int, wrong: int
+    images: np.ndarray, true, predicted, confidence: np.ndarray, total: int, wrong: int
 ) -> Figure:
-    """The given mistakes (most confident first) as `true → predicted` with the predicted class's probability.
+    """The given mistakes (most confident first) as `true → predicted` (class names) with the predicted
+    class's probability.
 
     `total` and `wrong` are the counts over the whole test set, for the title.
     """
-    title = f"{wrong:,} of {total:,} test digits misclassified"
+    title = f"{wrong:,} of {total:,} test images misclassified"
     if not len(images):
         fig = Figure(figsize=(COLUMNS, 1.5), dpi=DPI)
         fig.suptitle(title)
@@ -128,7 +126,7 @@ def misclassified_grid(
         return fig
     title += f"; the {len(images)} most confident mistakes,\nas true → predicted (probability of the prediction)"
     captions = [
-        f"{int(t)} → {int(p)} ({100 * float(c):.0f}%)" if c < 0.995 else f"{int(t)} → {int(p)} (>99%)"
+        f"{t} → {p} ({100 * float(c):.0f}%)" if c < 0.995 else f"{t} → {p} (>99%)"
         for t, p, c in zip(true, predicted, confidence)
     ]
     return _image_grid(images, captions, title, caption_colour="firebrick", title_lines=2)
@@ -138,8 +136,8 @@ def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int 
     """A contact sheet of predictions: each file as given beside its 28x28 form as the model saw it,
     under the predicted digit and its confidence (or the file's error), above the file's name.
 
-    `rows` holds `(file name, original RGB uint8 or None, image [28, 28] as normalised for the model,
-    digit or None, confidence, error)` per file; `total` counts all files predicted, for the title.
+    `rows` holds `(file name, original RGB uint8 or None, image [28, 28] as the model got it,
+    predicted class name or None, confidence, error)` per file; `total` counts all files predicted, for the title.
     """
     pair_w, cell_h, pad = 2 * side + 8, side + 44, 10
     n_rows = math.ceil(len(rows) / columns)
@@ -218,39 +216,3 @@ def _image_grid(images, captions: list[str], title: str, caption_colour: str = "
         ax.text(x, y, caption, ha="center", va="bottom", fontsize=10, color=caption_colour)
     fig.suptitle(title, y=1 - 6 / DPI / fig.get_figheight(), va="top")
     return fig
-
-
-def main(args: list[str] | None = None) -> None:
-    """`samples`: the grid of training images as a PNG, with the data options `fit` takes."""
-    from jsonargparse import ArgumentParser
-
-    from digits_lightning.augment import DATA_DEFAULTS
-    from digits_lightning.callbacks import training_samples
-    from digits_lightning.data import MNISTDataError, MNISTDataModule
-
-    samples = ArgumentParser(description="Write a grid of training images with their labels, as the model sees them.")
-    samples.add_class_arguments(MNISTDataModule, "data")
-    samples.set_defaults(DATA_DEFAULTS)  # the same images as a `fit` with the same options
-    samples.add_argument("--count", type=int, default=32, help="how many images (the first of the training split)")
-    samples.add_argument("--out", type=str, default="samples.png", help="the PNG to write")
-    samples.add_argument("--overwrite", type=bool, default=False, help="replace --out if it exists")
-    parser = ArgumentParser(prog="python -m digits_lightning.plots", description=__doc__.splitlines()[0])
-    parser.add_subcommands().add_subcommand("samples", samples, help="the grid of training images with their labels")
-    config = parser.parse_args(args)
-    try:
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
-        options = instantiate(config).samples
-        if Path(options.out).exists() and not options.overwrite:
-            raise ValueError(f"{options.out} already exists: pass another --out, or --overwrite true to replace it")
-        if options.count < 1:
-            raise ValueError(f"--count must be at least 1, got {options.count}")
-        images, labels = training_samples(options.data, options.count)
-        path = save_png(render(sample_grid(images, labels, augmented=options.data.augment is not None)), options.out)
-    except (MNISTDataError, ValueError, OSError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(2) from None
-    print(f"Training samples: {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,8 +12,8 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
 4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
 
-The result is uint8, as MNIST's own images; the model's input normalisation happens later, in
-`MNISTDataModule.normalize_images`, exactly as in training.
+The result is uint8, as MNIST's own images; scaled to [0, 1] it is what the model takes (the
+model applies its own normalisation).
 """
 
 from __future__ import annotations
@@ -318,3 +318,17 @@ def _centre(digit: np.ndarray) -> np.ndarray:
     field = np.zeros((FIELD, FIELD), np.float32)
     field[top : top + h, left : left + w] = digit
     return np.round(field * 255).astype(np.uint8)
+
+
+def load_original(path: str, size: int) -> np.ndarray | None:
+    """A thumbnail of the file as given, in colour, at most `size` pixels a side, RGB uint8
+    (transparency on white), or None if it cannot be read (its row already says why)."""
+    try:
+        image = load_image(path, mode="RGB")
+        image.thumbnail((size, size))
+        if not image.has_transparency_data and image.mode not in DEEP_MODES:
+            return np.asarray(image.convert("RGB"))
+        gray = np.round(grayscale(image) * 255).astype(np.uint8)  # transparency on white, deep images scaled
+        return np.repeat(gray[..., None], 3, axis=2)
+    except Exception:
+        return None

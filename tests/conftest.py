@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny MNIST-format data sets written as real IDX files, and the real archives.
+"""Shared fixtures: a tiny MNIST-format data set written as real IDX files, and the real archives.
 
 The tiny set holds digits drawn with Pillow's font (random size, slant and position), so a model
 can actually learn it in a second and tests can assert on accuracy, not only on shapes.
@@ -7,46 +7,13 @@ can actually learn it in a second and tests can assert on accuracy, not only on 
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+
+from tests.helpers import write_tiny_mnist
 
 REAL_MNIST = Path(os.environ.get("DIGITS_MNIST_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mnist"))
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the IDX format MNIST uses (magic 0x08 = unsigned byte)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.tobytes())
-
-
-def render_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` MNIST-like images (white digit on black, 28x28) with their labels."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = np.zeros((n, 28, 28), np.uint8)
-    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 25)}
-    for i, label in enumerate(labels):
-        canvas = Image.new("L", (28, 28))
-        centre = (14 + rng.integers(-2, 3), 14 + rng.integers(-2, 3))
-        ImageDraw.Draw(canvas).text(centre, str(label), fill=255, font=fonts[int(rng.integers(16, 25))], anchor="mm")
-        images[i] = np.asarray(canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR))
-    return images, labels
-
-
-def write_tiny_mnist(root: Path, n_train: int = 1200, n_test: int = 300) -> Path:
-    """`root/MNIST/raw/` with the four uncompressed files torchvision parses; returns `root`."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
-        images, labels = render_digits(n, seed)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -115,20 +115,37 @@ def test_precision_not_given_is_bf16_where_native_except_for_predict(tiny_mnist,
     assert DigitsCLI(args=fit_args(tiny_mnist)[1:], run=False).trainer.precision == "32-true"
 
 
-def test_evaluation_uses_the_checkpoints_normalisation_read_once(tiny_mnist, in_tmp, capsys, caplog, monkeypatch):
+def test_evaluation_needs_no_setting_and_reads_the_checkpoint_once(tiny_mnist, in_tmp, capsys, monkeypatch):
+    """A dense model trained on [0, 1] pixels tests the same from a command line that says nothing of
+    its inputs (the CNN's default normalisation is `standard`): the model owns it."""
     import digits_lightning.cli as cli
     from digits_lightning.checkpoints import read_checkpoint
 
-    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--data.normalize=unit"))
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--model.normalize=unit"))
     acc = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
     (best,) = (in_tmp / "checkpoints" / "dense").glob("epoch=*.ckpt")
     reads = []
     monkeypatch.setattr(cli, "read_checkpoint", lambda path: reads.append(path) or read_checkpoint(path))
-    with caplog.at_level("INFO"):  # the command line's default is `standard`; the model was trained on `unit`
-        main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
-    assert "Using the checkpoint's input normalisation: unit" in caplog.text
+    main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
     assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
-    assert reads == [str(best)]  # our checks and the normalisation share one read
+    assert reads == [str(best)]  # our checks and the split share one read
+
+
+def test_validation_uses_the_checkpoints_split_and_refuses_another(tiny_mnist, in_tmp, capsys):
+    """`validate` on another split would score the model on images it trained on."""
+    main(fit_args(tiny_mnist, "--data.val_size=150", "--data.split_seed=3", "--test_after_fit=false"))
+    capsys.readouterr()
+    (best,) = (in_tmp / "checkpoints" / "cnn").glob("epoch=*.ckpt")
+    best_val = float(best.stem.split("val_acc=")[1])
+    validate = ["validate", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"]
+    main(validate)
+    assert f"{best_val:.4f}" in f"{float(capsys.readouterr().out.split('val_acc')[1].split()[0]):.4f}"
+    with pytest.raises(SystemExit) as exit_:
+        main([*validate, "--data.split_seed=1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "was trained with data.split_seed=3, so data.split_seed=1 would validate on images it trained on" in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -156,11 +173,6 @@ def test_compiled_model_keeps_the_plain_checkpoint_keys():
     plain.load_state_dict(compiled.state_dict())
 
 
-def test_adam_is_fused_on_cpu():
-    model = DenseClassifier(one_cycle=False)
-    assert model.configure_optimizers().defaults["fused"] is True
-
-
 def test_dense_config_is_the_reference_network(in_tmp):
     from digits_lightning.cli import DigitsCLI
 
@@ -168,7 +180,7 @@ def test_dense_config_is_the_reference_network(in_tmp):
     layers = [type(m).__name__ for m in cli.model.net]
     assert layers == ["Flatten", "Linear", "ReLU", "Linear"]
     assert (cli.model.net[1].in_features, cli.model.net[1].out_features, cli.model.net[3].out_features) == (784, 128, 10)
-    assert cli.datamodule.hparams.normalize == "unit"
+    assert cli.model.hparams.normalize == "unit"
     assert cli.trainer.max_epochs == 12
 
 

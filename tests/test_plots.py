@@ -71,18 +71,39 @@ def _assert_picture(path: Path, size: tuple[int, int]) -> np.ndarray:
     return pixels
 
 
-SAMPLES_SIZE = (800, 505)  # 32 digits: 4 rows of 8
-MISTAKES_SIZE = {0: (800, 150), 1: (800, 182), 2: (800, 298), 3: (800, 413)}  # by rows of mistakes
+def _size(fig) -> tuple[int, int]:
+    """What `render` promises: width and height in pixels are the figure's inches times its DPI."""
+    width, height = fig.get_size_inches() * fig.dpi
+    return round(width), round(height)
+
+
+def _grid_size(images: int) -> tuple[int, int]:
+    """The size of a grid of `images` digits: each row of 8 adds height, the width stays."""
+    return _size(plots.sample_grid(np.zeros((images, 28, 28)), ["0"] * images))
+
+
+def _mistakes_size(shown: int) -> tuple[int, int]:
+    return _size(plots.misclassified_grid(np.zeros((shown, 28, 28)), ["1"] * shown, ["7"] * shown, [0.5] * shown, 300, shown))
+
+
+SAMPLES_SIZE = _grid_size(32)
 
 
 def _expected_sizes(test_acc: float, images: int = 300) -> dict[str, tuple[int, int]]:
-    shown = min(24, round((1 - test_acc) * images))  # the grid shows up to 24 mistakes, 8 to a row
+    shown = min(24, round((1 - test_acc) * images))  # the grid shows up to 24 mistakes
     return {
         "samples": SAMPLES_SIZE,
-        "learning_curves": (1000, 400),
-        "confusion_matrix": (700, 620),
-        "misclassified": MISTAKES_SIZE[math.ceil(shown / plots.COLUMNS)],
+        "learning_curves": _size(plots.learning_curves([{"val_acc": 0.5}])),
+        "confusion_matrix": _size(plots.confusion_matrix(np.eye(10, dtype=int))),
+        "misclassified": _mistakes_size(shown),
     }
+
+
+def test_grids_grow_a_row_per_eight_images_and_keep_their_width():
+    sizes = [_grid_size(n) for n in (1, 8, 9, 16, 17, 32)]
+    assert len({w for w, _ in sizes}) == 1
+    heights = [h for _, h in sizes]
+    assert heights[0] == heights[1] < heights[2] == heights[3] < heights[4] < heights[5]
 
 
 # -- the figures on their own ---------------------------------------------------------------------
@@ -93,13 +114,14 @@ def test_figures_render_at_their_size_and_save_atomically(tmp_path):
     history = [{"train_acc": 0.8, "val_acc": 0.9, "train_loss": 0.6, "val_loss": 0.3}, {"train_acc": 0.95, "train_loss": 0.2}]
     counts = np.diag(rng.integers(20, 40, 10)) + rng.integers(0, 3, (10, 10)) * (1 - np.eye(10, dtype=int))
     figures = {
-        "samples": (plots.sample_grid(rng.random((10, 1, 28, 28)), np.arange(10)), (800, 274)),
-        "curves": (plots.learning_curves(history), (1000, 400)),  # epoch 2 without validation
-        "confusion": (plots.confusion_matrix(counts), (700, 620)),
-        "mistakes": (plots.misclassified_grid(rng.random((3, 28, 28)), [1, 2, 3], [7, 5, 8], [0.9, 0.8, 0.7], 100, 3), MISTAKES_SIZE[1]),
-        "none": (plots.misclassified_grid(np.zeros((0, 28, 28)), [], [], [], 100, 0), MISTAKES_SIZE[0]),
+        "samples": plots.sample_grid(rng.random((10, 1, 28, 28)), list("0123456789")),
+        "curves": plots.learning_curves(history),  # epoch 2 without validation
+        "confusion": plots.confusion_matrix(counts),
+        "mistakes": plots.misclassified_grid(rng.random((3, 28, 28)), [1, 2, 3], [7, 5, 8], [0.9, 0.8, 0.7], 100, 3),
+        "none": plots.misclassified_grid(np.zeros((0, 28, 28)), [], [], [], 100, 0),
     }
-    for name, (fig, (width, height)) in figures.items():
+    for name, fig in figures.items():
+        width, height = _size(fig)
         rgb = plots.render(fig)
         assert rgb.shape == (height, width, 3) and rgb.dtype == np.uint8, name
         path = plots.save_png(rgb, tmp_path / "out" / f"{name}.png")
@@ -164,7 +186,7 @@ def test_event_files_hold_the_curves_the_images_and_the_hparams(run):
     session = hp["_hparams_/session_start_info"].session_start_info.hparams
     assert session["model"].string_value == "DenseClassifier"
     assert (session["hidden"].number_value, session["max_epochs"].number_value) == (128, 2)
-    assert (session["batch_size"].number_value, session["normalize"].string_value) == (100, "standard")
+    assert (session["batch_size"].number_value, session["normalize"].string_value) == (100, "unit")  # the dense default
     assert session["augment"].string_value.startswith("Augment(p=0.5,") and "_class_path" not in session  # the CLI default
     # ... whose latest values are the best epoch's validation and the test of its checkpoint.
     val = {e.step: e.value for e in acc.Scalars("val_acc")}
@@ -250,7 +272,7 @@ def _post(url: str, body: dict):
 
 def test_samples_command_writes_the_grid_fit_logged(run, tiny_mnist, tmp_path, capsys):
     out = tmp_path / "pictures" / "grid.png"
-    plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}"])
+    main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}"])
     assert capsys.readouterr().out.strip() == f"Training samples: {out}"
     pixels = _assert_picture(out, SAMPLES_SIZE)
     with Image.open(run["fit"] / "samples.png") as logged:
@@ -261,22 +283,22 @@ def test_samples_command_does_not_overwrite_unless_asked(tiny_mnist, tmp_path, c
     out = tmp_path / "grid.png"
     out.write_bytes(b"the user's own file")
     with pytest.raises(SystemExit) as exit_:
-        plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}"])
+        main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}"])
     assert exit_.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"the user's own file"
-    plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}", "--overwrite=true"])
+    main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, f"--out={out}", "--overwrite=true"])
     _assert_picture(out, SAMPLES_SIZE)
 
 
 def test_samples_command_with_augmentation_and_a_count(tiny_mnist, tmp_path):
     out = tmp_path / "aug.png"
-    plots.main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, "--data.augment.p=1", "--count=8", f"--out={out}"])
-    _assert_picture(out, (800, 158))  # one row
+    main(["samples", f"--data.data_dir={tiny_mnist}", *DATA, "--data.augment.p=1", "--count=8", f"--out={out}"])
+    _assert_picture(out, _grid_size(8))  # one row
 
 
 def test_samples_command_reports_missing_data_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        plots.main(["samples", f"--data.data_dir={tmp_path / 'nowhere'}", "--data.download=false"])
+        main(["samples", f"--data.data_dir={tmp_path / 'nowhere'}", "--data.download=false"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: MNIST is not complete in") and "Traceback" not in err

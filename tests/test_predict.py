@@ -19,40 +19,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from digits_lightning.checkpoints import read_checkpoint
+from lightning.pytorch import Callback, Trainer
+
+from digits_lightning.checkpoints import load_classifier
 from digits_lightning.cli import main
 from digits_lightning.data import MNISTDataModule
-from digits_lightning.models import CNNClassifier
 from digits_lightning.plots import SHEET_SIDE
-from digits_lightning.prediction import COLUMNS, ImageFiles, load_original
-from tests.conftest import render_digits, write_idx
-from tests.test_preprocess import draw, mnist_convention, transparent
-
-FIT = [
-    "fit",
-    "--data.val_size=200",
-    "--data.batch_size=100",
-    "--trainer.max_epochs=3",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--test_after_fit=false",
-]
-
-
-def train(data_dir: Path, folder: Path) -> Path:
-    """Fit the default CNN on `data_dir` inside `folder`; returns its best checkpoint."""
-    threads = torch.get_num_threads()
-    # One thread: the tiny model gains nothing from more, and loses 20x when another process is busy.
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(folder)
-            main([*FIT, f"--data.data_dir={data_dir}"])
-    finally:
-        torch.set_num_threads(threads)
-    (best,) = (folder / "checkpoints" / "cnn").glob("epoch=*.ckpt")
-    return best
-
+from digits_lightning.prediction import ImageFiles, PredictThreads
+from digits_lightning.preprocess import load_original
+from tests.helpers import draw, mnist_convention, render_digits, train, transparent, write_idx
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_mnist, tmp_path_factory) -> Path:
@@ -74,7 +49,7 @@ def predict(ckpt: Path | None, path: Path | str, *extra: str) -> None:
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == COLUMNS
+        assert reader.fieldnames == ["path", "digit", "label", "confidence", *(f"p{d}" for d in range(10)), "error"]
         return list(reader)
 
 
@@ -86,7 +61,7 @@ def assert_predicted(row: dict) -> None:
     probs = np.array([float(row[f"p{d}"]) for d in range(10)])
     assert row["error"] == ""
     assert abs(probs.sum() - 1) < 1e-4 and probs.min() >= 0
-    assert int(row["digit"]) == int(probs.argmax())
+    assert int(row["digit"]) == int(probs.argmax()) and row["label"] == row["digit"]  # digits are named by themselves
     assert float(row["confidence"]) == pytest.approx(probs.max(), abs=1e-6)
 
 
@@ -151,6 +126,26 @@ def test_a_folder_gives_one_row_per_file_in_sorted_order(checkpoint, in_tmp, cap
     assert failed and sorted(failed.group(1).split(", ")) == sorted(["2 not an image", "1 damaged", "1 empty", "1 blank"])
     assert "out.csv" in out
     assert no_temporary_files(in_tmp)
+
+
+def test_links_pipes_and_vanished_files_get_a_row_each(checkpoint, in_tmp, capsys):
+    """Every path a folder search turns up is accounted for: none is dropped silently, none hangs."""
+    folder = in_tmp / "odd"
+    folder.mkdir()
+    draw("3").save(folder / "three.png")
+    (folder / "dangling.png").symlink_to(folder / "gone.png")
+    (folder / "alias.png").symlink_to(folder / "three.png")
+    os.mkfifo(folder / "pipe.png")  # opening it would wait for a writer for ever
+    predict(checkpoint, folder, "--prediction.output=out.csv")
+    rows = {Path(r["path"]).name: r for r in read_rows(in_tmp / "out.csv")}
+    assert sorted(rows) == ["alias.png", "dangling.png", "pipe.png", "three.png"]
+    assert rows["alias.png"]["digit"] == rows["three.png"]["digit"] != ""
+    assert_failed(rows["dangling.png"], "unreadable")
+    assert "symbolic link" in rows["dangling.png"]["error"] and "gone.png" in rows["dangling.png"]["error"]
+    assert_failed(rows["pipe.png"], "unreadable")
+    assert "Failed: 2 (2 unreadable)" in capsys.readouterr().out
+    # A prediction is no training run: no run folder, no config.yaml beside the outputs.
+    assert not (in_tmp / "lightning_logs").exists() and not (in_tmp / "config.yaml").exists()
 
 
 def test_a_single_file_and_a_glob(checkpoint, in_tmp):
@@ -232,28 +227,46 @@ def test_decoding_workers_match_the_batches(in_tmp):
     assert ImageFiles(str(folder)).loader(batch_size=8, workers=2).num_workers == 0  # one batch: no worker
     assert ImageFiles(str(folder)).loader(batch_size=2, workers=2).num_workers == 2
     assert ImageFiles(str(folder)).loader(batch_size=4, workers=3).num_workers == 2  # two batches, two workers
-    # The model's threads leave a core to each worker actually started, and get it back afterwards.
-    from lightning.pytorch import Trainer
 
+
+class Failing(Callback):
+    """Records the threads the model runs with; fails the run at its first batch if asked."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.threads = fail, []
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.threads.append(torch.get_num_threads())
+        if self.fail:
+            raise RuntimeError("stop here")
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["finished", "failed"])
+def test_model_threads_leave_the_workers_a_core_and_come_back(checkpoint, in_tmp, fail):
+    folder = in_tmp / "digits"
+    folder.mkdir()
+    for i in range(5):
+        draw(str(i)).save(folder / f"{i}.png")
+    model = load_classifier(checkpoint)
+    spy = Failing(fail)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[PredictThreads(), spy])
     threads = torch.get_num_threads()
-    for batch_size, asked, workers in ((8, 2, 0), (4, 3, 2)):
-        dm = MNISTDataModule(predict_path=str(folder), predict_batch_size=batch_size, predict_workers=asked)
-        dm.trainer = Trainer(accelerator="cpu", logger=False)
-        dm.setup("predict")
-        assert dm.predict_dataloader().num_workers == workers
-        assert torch.get_num_threads() == (threads if workers == 0 else max(1, (os.cpu_count() or 1) - workers))
-        dm.teardown("predict")
-        assert torch.get_num_threads() == threads
+    dm = MNISTDataModule(predict_path=str(folder), predict_batch_size=4, predict_workers=1)
+    if fail:
+        with pytest.raises(RuntimeError, match="stop here"):
+            trainer.predict(model, datamodule=dm, return_predictions=False)
+    else:
+        trainer.predict(model, datamodule=dm, return_predictions=False)
+    assert spy.threads[0] == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert torch.get_num_threads() == threads  # given back, even after a failure
 
 
 def test_predict_results_name_their_files_without_the_pixels(checkpoint, in_tmp):
-    from lightning.pytorch import Trainer
-
     folder = in_tmp / "digits"
     folder.mkdir()
     draw("3").save(folder / "three.png")
     (folder / "notes.txt").write_text("not a digit")
-    model = CNNClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    model = load_classifier(checkpoint)
     dm = MNISTDataModule(predict_path=str(folder), predict_workers=0)
     (batch,) = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(model, datamodule=dm)
     assert set(batch) == {"path", "error", "probs"}
@@ -291,14 +304,14 @@ def test_outputs_are_never_overwritten_unless_asked(checkpoint, in_tmp, capsys):
     assert no_temporary_files(in_tmp)
 
 
-def test_only_bad_files_exit_1_and_still_write_their_rows(checkpoint, in_tmp, capsys):
+def test_only_bad_files_exit_3_and_still_write_their_rows(checkpoint, in_tmp, capsys):
     folder = in_tmp / "junk"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     (folder / "b.txt").write_text("hello")
     with pytest.raises(SystemExit) as exit_:
         predict(checkpoint, folder, "--prediction.output=out.csv")
-    assert exit_.value.code == 1
+    assert exit_.value.code == 3  # not 1, which a crash gives
     assert_one_error_line(capsys.readouterr().err, "none of the 2 images", "out.csv")
     rows = read_rows(in_tmp / "out.csv")
     assert_failed(rows[0], "empty")
@@ -414,11 +427,9 @@ def test_users_files_agree_with_the_model_on_mnist_tensors(convention_model, in_
     assert len(rows) == len(digits) and all(r["error"] == "" for r in rows)
     from_files = np.array([[float(r[f"p{d}"]) for d in range(10)] for r in rows])
 
-    model = CNNClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    normalize = read_checkpoint(ckpt)["datamodule_hyper_parameters"]["normalize"]
+    model = load_classifier(ckpt)  # takes [0, 1] images, whatever it was trained with
     with torch.no_grad():
-        x = MNISTDataModule(normalize=normalize).normalize_images(torch.from_numpy(digits.copy()))
-        from_tensors = model(x).softmax(dim=1).numpy()
+        from_tensors = model(torch.from_numpy(digits.copy()).unsqueeze(1) / 255).softmax(dim=1).numpy()
     agree = (from_files.argmax(1) == from_tensors.argmax(1)).mean()
     print(f"agreement: {agree:.1%}")
     assert agree >= 0.99, f"{agree:.1%} agree; rows {np.nonzero(from_files.argmax(1) != from_tensors.argmax(1))[0]}"

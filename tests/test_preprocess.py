@@ -13,15 +13,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from digits_lightning.preprocess import MAX_PIXELS, ImageError, preprocess_file, to_mnist
-from tests.conftest import render_digits
-
-
-def draw(text: str = "3", size: int = 200, ink: int = 0, paper: int = 255) -> Image.Image:
-    """A digit in Pillow's font, dark ink on light paper by default, as mode "L"."""
-    image = Image.new("L", (size, size), paper)
-    font = ImageFont.load_default(size=int(size * 0.75))
-    ImageDraw.Draw(image).text((size / 2, size / 2), text, fill=ink, font=font, anchor="mm")
-    return image
+from tests.helpers import draw, mnist_convention, render_digits, transparent
 
 
 def ink_box(digit: np.ndarray, level: int = 0) -> tuple[int, int]:
@@ -57,21 +49,6 @@ def assert_mnist_digit(digit: np.ndarray) -> None:
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
 
 
-def mnist_convention(ink: np.ndarray) -> np.ndarray:
-    """MNIST's convention, done here independently of the code under test: the box of the ink
-    (white on black) scaled to 20 pixels on its longer side, pasted with its centre of mass at (14, 14)."""
-    ys, xs = np.nonzero(ink)
-    box = Image.fromarray(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
-    scale = 20 / max(box.size)
-    small = box.resize((max(1, round(box.width * scale)), max(1, round(box.height * scale))), Image.Resampling.LANCZOS)
-    digit = np.asarray(small, np.float64) * 255 / max(1, np.asarray(small).max())
-    cy, cx = (float((digit.sum(axis=a) * np.arange(digit.shape[1 - a])).sum() / digit.sum()) for a in (1, 0))
-    top, left = min(max(round(14 - cy), 0), 28 - digit.shape[0]), min(max(round(14 - cx), 0), 28 - digit.shape[1])
-    field = np.zeros((28, 28))
-    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    return np.round(field).astype(np.uint8)
-
-
 def expected(text: str, size: int = 200) -> np.ndarray:
     """What `draw(text, size)` must become."""
     return mnist_convention(255 - np.asarray(draw(text, size)))
@@ -84,16 +61,6 @@ def three() -> np.ndarray:
 
 
 # -- modes and formats ------------------------------------------------------------------------
-
-
-def transparent(image: Image.Image, mode: str) -> Image.Image:
-    """The digit opaque black on a fully transparent background whose colour is black too: read
-    without its alpha, the file is all black, so only compositing on white shows the digit."""
-    alpha = Image.eval(image, lambda v: 255 - v)
-    black = Image.new("L", image.size, 0)
-    if mode == "LA":
-        return Image.merge("LA", (black, alpha))
-    return Image.merge("RGBA", (black, black, black, alpha))
 
 
 def palette_with_transparency(image: Image.Image) -> Image.Image:
