@@ -41,6 +41,7 @@ class ArchiveFolder:
 
     def __init__(self, data_dir: Path, cache_dir: Path, download: bool) -> None:
         self.data_dir, self.cache_dir, self.download = data_dir, cache_dir, download
+        self._ready = False  # checked once per process: `fit` then its test need not hash 60 MB again
 
     @property
     def root(self) -> Path:
@@ -55,6 +56,8 @@ class ArchiveFolder:
 
     def prepare(self) -> None:
         """Make the four files available (links, checksums, extraction, download)."""
+        if self._ready:
+            return
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise DataError(
                 f"data.data_dir {self.data_dir} is a file: pass the folder that holds the MNIST archives"
@@ -72,11 +75,13 @@ class ArchiveFolder:
         missing = [n for n in ARCHIVES if not (self.raw_dir / n).exists() and not self._extracted(n).exists()]
         if missing and not self.download:
             raise DataError(self._missing_message(missing, "download is off"))
-        for train in (True, False):
-            try:  # With every archive present and verified this only extracts: no network.
-                MNIST(self.root, train=train, download=True)
+        if missing:
+            try:
+                MNIST(self.root, train=True, download=True)  # fetches and extracts what is missing
             except (RuntimeError, OSError) as err:
                 raise DataError(self._missing_message(missing, f"downloading failed: {_first_line(err)}")) from None
+            self._check_files()  # what was downloaded, as what was there
+        self._ready = True
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One split as whole tensors: uint8 images `[N, 28, 28]` and int64 labels `[N]`."""

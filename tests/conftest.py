@@ -35,3 +35,10 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in a fresh working directory, since checkpoints/ and lightning_logs/ are relative to it."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests on the real archives train or hash real MNIST: slow, whatever their module."""
+    for item in items:
+        if "real_mnist" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -87,6 +87,7 @@ def reference(tiny_mnist, tmp_path_factory) -> Path:
 # -- resume after a kill --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist, reference, tmp_path):
     command = [sys.executable, "-m", "digits_lightning", *fit_args(tiny_mnist)]
     last = tmp_path / "checkpoints" / "dense" / "last.ckpt"
@@ -129,6 +130,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_fit_killed_between_best_and_last_checkpoint_resumes_to_the_same_result(tiny_mnist, reference, tmp_path):
     # The narrowest window: epoch 1's best checkpoint is written (and epoch 0's deleted), last.ckpt not yet.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -257,8 +259,9 @@ def test_extracted_file_that_is_not_the_official_one_is_refused(real_mnist, tmp_
     labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     assert labels.stat().st_size == 10008 and not list(labels.parent.glob(".*.tmp"))
     replace(labels)
+    again = MNISTDataModule(data_dir=str(real_mnist), cache_dir=str(tmp_path), download=False)  # the next run
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: " + message + r".*Delete it; it is extracted again"):
-        dm.prepare_data()
+        again.prepare_data()
 
 
 # -- configuration errors: one line, no traceback, exit status 2 ----------------------------------
