@@ -1,4 +1,4 @@
-"""Lightning overhead and data-path speed-up, on the same model, recipe and tensors, on the CPU.
+"""Lightning overhead and data-path speed-up, on the same model, recipe and tensors (CPU or CUDA).
 
 The model and recipe (network, optimiser settings, batch size, normalisation, augmentation, epochs)
 are read from the config, `configs/<model>.yaml` unless --config names another. Runs, interleaved and
@@ -67,27 +67,28 @@ def lightning_epoch_seconds(args) -> float:
     trainer = Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[report], precision=args.precision,
-        accelerator="cpu",  # where the other two run
+        accelerator="gpu" if args.device == "cuda" else "cpu",  # where the other two run
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
     return report.train_seconds / args.epochs
 
 
-def _plain_fit(model, batches, val_batches, epochs: int, precision: str) -> float:
+def _plain_fit(model, batches, val_batches, epochs: int, precision: str, device: str = "cpu") -> float:
     """The recipe by hand: Adam + one-cycle, per-epoch train loss/accuracy and a validation pass."""
     hp = model.hparams
+    model.to(device)
     model.setup("fit")  # the memory layout; `model(x)` is the network's own forward
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=True)
 
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
     steps = epochs * sum(1 for _ in batches())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device), 0
         for x, y in batches():
             with autocast():
                 logits = model(x)
@@ -111,10 +112,10 @@ def plain_epoch_seconds(args) -> float:
     model, dm = make(args)
     batch_size = dm.hparams.batch_size
     dm.setup("fit")
-    tx, ty, vx, vy = dm.train_set.images, dm.train_set.labels, dm.val_set.images, dm.val_set.labels
+    tx, ty, vx, vy = (t.to(args.device) for t in (dm.train_set.images, dm.train_set.labels, dm.val_set.images, dm.val_set.labels))
 
     def batches():
-        order = torch.randperm(len(ty))
+        order = torch.randperm(len(ty), device=args.device)
         for i in range(0, len(ty), batch_size):
             idx = order[i : i + batch_size]
             yield dm.to_inputs(tx.index_select(0, idx), augment=True), ty.index_select(0, idx)
@@ -123,7 +124,7 @@ def plain_epoch_seconds(args) -> float:
         for i in range(0, len(vy), batch_size):
             yield dm.to_inputs(vx[i : i + batch_size]), vy[i : i + batch_size]
 
-    return _plain_fit(model, batches, val_batches, args.epochs, args.precision)
+    return _plain_fit(model, batches, val_batches, args.epochs, args.precision, args.device)
 
 
 def per_sample_epoch_seconds(args) -> float:
@@ -163,8 +164,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-sample recipe")
     parser.add_argument("--skip_per_sample", action="store_true")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default=None, help="default: what fit chooses here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the Lightning and plain loops on the GPU")
     args = parser.parse_args()
-    args.precision = args.precision or ("bf16-mixed" if native_bf16("cpu") else "32-true")
+    args.precision = args.precision or ("bf16-mixed" if native_bf16(args.device) else "32-true")
+    if args.device == "cuda":
+        args.skip_per_sample = True  # its loader decodes on the CPU: not a GPU figure
     skip_nvml_probe_without_gpu()  # as `python -m digits_lightning` does
     recipe = build(args)
     # As many epochs as the real fit, so that a fit's one-off costs weigh in the same proportion.

@@ -185,7 +185,8 @@ def render(fig: Figure) -> np.ndarray:
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:
     """Writes the picture atomically: a reader (or a crash) never sees half a PNG at `path`."""
     path = Path(path)
-    write_atomically(path, lambda out: Image.fromarray(rgb).save(out, format="PNG", optimize=True))
+    # Not optimize=True: it makes these pictures 1-2% smaller and their saving 4-6x slower.
+    write_atomically(path, lambda out: Image.fromarray(rgb).save(out, format="PNG"))
     return path
 
 
