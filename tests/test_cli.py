@@ -59,6 +59,48 @@ def test_checkpoint_round_trip_gives_the_same_predictions(tiny_mnist, in_tmp):
     assert loaded.hparams.hidden == 128
 
 
+# Each model trained with the normalisation that is not its default, so that a checkpoint whose own
+# setting were ignored would be fed wrongly.
+@pytest.mark.parametrize(("model", "normalize"), [("DenseClassifier", "standard"), ("CNNClassifier", "unit")])
+def test_a_loaded_checkpoint_classifies_unit_range_images_with_no_setting(tiny_mnist, in_tmp, capsys, model, normalize):
+    """`load_classifier(path)(x)` on [0, 1] images, as `test` scores them; and a checkpoint of the
+    previous layout (normalisation saved by the data module) loads to the very same outputs."""
+    from digits_lightning.checkpoints import load_classifier
+    from tests.helpers import render_digits
+
+    main(fit_args(tiny_mnist, f"--model={model}", f"--model.normalize={normalize}", "--test_after_fit=false",
+                  "--trainer.precision=32-true"))  # fmt: skip
+    (best,) = in_tmp.glob("checkpoints/*/epoch=*.ckpt")
+    main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.precision=32-true",
+          "--trainer.enable_progress_bar=false"])  # fmt: skip
+    tested = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
+    images, labels = render_digits(300, 2)  # the tiny test split itself
+    x = torch.from_numpy(images).unsqueeze(1) / 255
+    with torch.no_grad():
+        predicted = load_classifier(best)(x).argmax(1)
+    assert f"{100 * (predicted.numpy() == labels).mean():.2f}" == f"{tested:.2f}"
+
+    old = torch.load(best, weights_only=True, map_location="cpu")
+    for key in ("normalize", "class_names", "dataset_stats"):
+        del old["hyper_parameters"][key]
+    old["datamodule_hyper_parameters"]["normalize"] = normalize
+    torch.save(old, in_tmp / "old.ckpt")
+    with torch.no_grad():
+        assert torch.equal(load_classifier(in_tmp / "old.ckpt")(x).argmax(1), predicted)
+
+
+def test_runs_print_what_informs_and_not_lightnings_advertising(tiny_mnist, in_tmp, capfd, caplog):
+    with caplog.at_level("INFO"):
+        main(fit_args(tiny_mnist, "--trainer.max_epochs=1", "--trainer.enable_model_summary=true"))
+    out = capfd.readouterr()
+    printed = out.out + out.err + caplog.text
+    assert "Tip:" not in printed and "litlogger" not in printed
+    assert "to estimate number of stepping batches" not in printed
+    summary = next(line for line in printed.splitlines() if line.strip().endswith("Total Flops"))
+    assert summary.split()[0] not in ("0", "0.0")  # the model summary counts the network's operations
+    assert "Trainable params" in printed and "Test accuracy:" in printed
+
+
 def test_bf16_and_channels_last_are_switches_whose_checkpoints_load_without_them(tiny_mnist, in_tmp, capsys):
     main(fit_args(tiny_mnist, "--model=CNNClassifier", "--trainer.precision=bf16-mixed", "--model.channels_last=true"))
     out = capsys.readouterr().out

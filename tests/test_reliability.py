@@ -21,7 +21,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from digits_lightning.checkpoints import AtomicCheckpointIO
-from digits_lightning.cli import DigitsCLI, main
+from digits_lightning.cli import main
 from digits_lightning.archives import ARCHIVES, DataError
 from digits_lightning.data import MNISTDataModule
 from tests.helpers import render_digits, write_idx, write_tiny_mnist
@@ -186,8 +186,19 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert last.stat().st_mode == (tmp_path / "plain").stat().st_mode  # not the temporary file's 0600
 
 
-def test_cli_trainer_writes_checkpoints_atomically(in_tmp):
-    assert isinstance(DigitsCLI(args=[], run=False).trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+def test_a_real_fit_writes_its_checkpoints_by_renaming_whole_files(tiny_mnist, in_tmp, monkeypatch):
+    """Every checkpoint of a CLI fit appears by a rename of a complete, fsynced file from the same folder."""
+    renamed, synced = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda src, dst: renamed.append((Path(src), Path(dst))) or real_replace(src, dst))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    fit_in(in_tmp, *fit_args(tiny_mnist, "--trainer.max_epochs=1", "--test_after_fit=false"))
+    checkpoints = sorted((in_tmp / "checkpoints" / "dense").glob("*.ckpt"))
+    assert [p.name for p in checkpoints][-1] == "last.ckpt" and len(checkpoints) == 2
+    for ckpt in checkpoints:
+        (source,) = [src for src, dst in renamed if dst == ckpt]
+        assert source.parent == ckpt.parent and source.name.startswith(f".{ckpt.name}.")
+    assert synced
 
 
 # -- damaged data is refused, named with the fix --------------------------------------------------
