@@ -4,7 +4,7 @@ small device may have only onnxruntime); every other command goes to the Lightni
 import sys
 
 # command -> the module whose `main(args)` runs it, without torch
-WITHOUT_TORCH: dict[str, str] = {}
+WITHOUT_TORCH: dict[str, str] = {"predict-onnx": "digits_lightning.predict_onnx"}
 
 
 def run() -> None:

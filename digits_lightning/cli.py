@@ -34,7 +34,7 @@ from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
 # Subcommands of ours, beside Lightning's: each module's `main(args)` parses its own options.
-OWN_COMMANDS = {"samples": "digits_lightning.samples"}
+OWN_COMMANDS = {"samples": "digits_lightning.samples", "export": "digits_lightning.export"}
 # Lightning 2.6's data loops use a torch class (LeafSpec) that recent torch deprecates: news for
 # Lightning's developers, printed to our users at every command.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)

@@ -58,9 +58,10 @@ def closure(name: str, edges: dict[str, set[str]]) -> set[str]:
 
 def test_drawing_decoding_and_writing_results_need_no_torch():
     """`plots` draws, `preprocess` decodes, `results` writes: numpy, matplotlib and Pillow only, so
-    a runtime without torch (an exported model) can use them."""
+    a runtime without torch (an exported model) can use them; `onnx_runtime` and `predict_onnx` are
+    that runtime."""
     edges = graph()
-    for name in ("plots", "preprocess", "results", "image_files", "errors", "atomic_write"):
+    for name in ("plots", "preprocess", "results", "image_files", "errors", "atomic_write", "onnx_runtime", "predict_onnx"):
         module = f"digits_lightning.{name}"
         for dependency in {module} | closure(module, edges):
             third_party = {m.split(".")[0] for m in imports(PACKAGE / f"{dependency.split('.')[-1]}.py")}

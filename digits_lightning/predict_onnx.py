@@ -1,0 +1,157 @@
+"""`python -m digits_lightning predict-onnx`: `predict` from an exported model, without torch or Lightning.
+
+The same experience as `predict`: a file, a folder or a glob in (`image_files.find_images`); each
+file decoded as `predict` decodes it (`preprocess.preprocess_file`), in a few processes when there
+are several batches; the same CSV, JSON Lines, contact sheet and summary out (`results.Results`);
+the same error rows, one-line errors (exit status 2) and exit status 3 when no file could be read.
+It needs onnxruntime, numpy and Pillow; matplotlib only for `--prediction.sheet`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, UserError
+from digits_lightning.image_files import PredictionError, find_images, not_a_file
+from digits_lightning.onnx_runtime import OnnxClassifier, usable_cpus
+from digits_lightning.preprocess import FIELD, ImageError, preprocess_file
+from digits_lightning.results import Results
+
+DEFAULT_FOLDER = Path("checkpoints") / "cnn"  # where `export` puts the default CNN's models
+
+
+class NothingPredicted(PredictionError):
+    """Every file failed: the run is over, and its exit status must say so."""
+
+
+def decode(path: str) -> tuple[np.ndarray | None, str]:
+    """One file as the model's 28x28 uint8 digit, or None and its error (`kind: message`), as
+    `prediction.ImageFiles` decodes it: one file never stops the run."""
+    try:
+        problem = not_a_file(path)
+        if problem:
+            return None, f"unreadable: {problem}"
+        return preprocess_file(path), ""
+    except ImageError as err:
+        return None, f"{err.kind}: {err}"
+    except Exception as err:  # the row says what happened
+        return None, f"failed: {type(err).__name__}: {err}"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and status 2, as every other command
+        raise UserError(f"{message} (python -m digits_lightning predict-onnx --help)")
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def parser() -> argparse.ArgumentParser:
+    """`predict`'s options, by the same names (argparse: jsonargparse is not in the minimal install)."""
+    p = _Parser(prog="python -m digits_lightning predict-onnx", description=__doc__.split("\n\n")[0])
+    p.add_argument("--onnx_path", help=f"the model from `export` (default: the newest *.onnx in {DEFAULT_FOLDER}, not int8)")
+    p.add_argument("--data.predict_path", dest="predict_path", required=True, help="an image file, a folder (searched recursively) or a glob")
+    p.add_argument("--data.predict_batch_size", dest="batch_size", type=int, default=256, help="images per batch")
+    p.add_argument("--data.predict_workers", dest="workers", type=int, default=2, help="processes that decode the files")
+    p.add_argument("--prediction.output", dest="output", help="the CSV (default predictions.csv, or predictions-2.csv, ...)")
+    flag = {"type": _bool, "nargs": "?", "const": True, "default": False, "metavar": "true|false"}
+    p.add_argument("--prediction.jsonl", dest="jsonl", **flag, help="also write the rows as JSON Lines beside the CSV")
+    p.add_argument("--prediction.sheet", dest="sheet", **flag, help="also draw a contact sheet beside the CSV (needs matplotlib)")
+    p.add_argument("--prediction.sheet_count", dest="sheet_count", type=int, default=48, help="images on the contact sheet")
+    p.add_argument("--prediction.overwrite", dest="overwrite", **flag, help="replace existing outputs")
+    return p
+
+
+def newest_model(folder: Path = DEFAULT_FOLDER) -> Path:
+    found = sorted((p for p in folder.glob("*.onnx") if not p.name.endswith(".int8.onnx")), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no ONNX model in {folder}: export one first (python -m digits_lightning export --ckpt_path CKPT),"
+                        " or pass --onnx_path")  # fmt: skip
+    print(f"Using model {found[-1]} (the newest in {folder}; choose another with --onnx_path)", flush=True)
+    return found[-1]
+
+
+def decoding_workers(files: int, batch_size: int, workers: int) -> int:
+    """Up to `workers` processes, no more than there are batches; none for one batch, which this
+    process decodes as fast without starting any (as `prediction.ImageFiles.loader`)."""
+    batches = math.ceil(files / batch_size)
+    return min(workers, batches) if batches > 1 else 0
+
+
+def decoded(paths: list[str], workers: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """The files decoded in order, in `workers` forked processes (none: in this one)."""
+    if not workers or "fork" not in multiprocessing.get_all_start_methods():
+        # (Spawned workers would run `python -m digits_lightning` again: decode here instead.)
+        yield from ((path, *decode(path)) for path in paths)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from ((path, *result) for path, result in zip(paths, pool.imap(decode, paths, chunksize=16)))
+
+
+def run(args: list[str]) -> Results:
+    config = parser().parse_args(args)
+    for name, value, least in (("data.predict_batch_size", config.batch_size, 1), ("data.predict_workers", config.workers, 0)):
+        if value < least:
+            raise UserError(f"{name} must be at least {least}, got {value}")
+    results = Results(config.output, config.jsonl, config.sheet, config.sheet_count, config.overwrite)
+    if config.sheet:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--prediction.sheet needs matplotlib: pip install matplotlib (or leave the sheet out)") from None
+    paths, hidden = find_images(config.predict_path)
+    results.outputs()  # an existing output is refused before any work
+    workers = decoding_workers(len(paths), config.batch_size, config.workers)
+    # The model gets the cores the workers leave (see `prediction.PredictThreads`).
+    model = OnnxClassifier(config.onnx_path or newest_model(), threads=max(1, usable_cpus() - workers) if workers else None)
+    start = time.perf_counter()
+    results.open(model.class_names)
+    try:
+        batch: list[tuple[str, np.ndarray | None, str]] = []
+        for item in decoded(paths, workers):
+            batch.append(item)
+            if len(batch) == config.batch_size:
+                _predict(model, batch, results)
+                batch = []
+        if batch:
+            _predict(model, batch, results)
+    except BaseException as err:
+        results.abort(err)
+        raise
+    results.close(time.perf_counter() - start, hidden)
+    if results.total and not results.predicted:
+        raise NothingPredicted(f"none of the {results.total:,} images could be predicted: {results.paths['csv']} says why for each")
+    return results
+
+
+def _predict(model: OnnxClassifier, batch: list, results: Results) -> None:
+    good = [image for _, image, _ in batch if image is not None]
+    probs = iter(model.probabilities(np.stack(good)) if good else [])
+    black = np.zeros((FIELD, FIELD), np.float32)  # what the contact sheet shows of a file that failed
+    for path, image, error in batch:
+        seen = image / np.float32(255) if image is not None else black
+        results.add(path, next(probs) if image is not None else None, error, seen if results.sheet else None)
+
+
+def main(args: list[str] | None = None) -> None:
+    """The user's mistakes end as one line on stderr and exit status 2; no file predicted, status 3."""
+    try:
+        run(sys.argv[1:] if args is None else list(args))
+    except NothingPredicted as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(EXIT_NOTHING_PREDICTED) from None
+    except UserError as err:
+        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
+        raise SystemExit(EXIT_USER_ERROR) from None
