@@ -92,7 +92,8 @@ def calibration_choices(float_path: Path, ckpt: Path, args) -> None:
             out = Path(tmp) / f"{method}-{n}-{reduce_range}.onnx"
             export_int8(float_path, images[:n], out, method, reduce_range)
             got = OnnxClassifier(out).probabilities(held).argmax(1)
-            print(f"| {method} | {n} | {'yes' if reduce_range else 'no'} | {(got == held_labels).mean():.2%} | {(got == reference).mean():.2%} |")
+            print(f"| {method} | {n} | {'yes' if reduce_range else 'no'} | {(got == held_labels).mean():.2%} |"
+                  f" {(got == reference).mean():.2%} |")  # fmt: skip
 
 
 def main() -> None:
@@ -133,13 +134,14 @@ def main() -> None:
     runners = {"checkpoint (torch)": torch_run, **{name: s.probabilities for name, s in sessions.items()}}
     times = latencies(runners, images[:1], args.rounds, args.calls)
     rates = {name: throughput(run, images) for name, run in runners.items()}
-    digits = {name: np.concatenate([run(images[i : i + 1000]) for i in range(0, len(images), 1000)]).argmax(1) for name, run in runners.items()}
+    digits = {name: np.concatenate([run(b) for b in np.array_split(images, 10)]).argmax(1) for name, run in runners.items()}
 
     one = work / "one"
     one.mkdir()
     image, suffix = render(images[0], np.random.default_rng(0))
     image.save(one / f"digit{suffix}")
-    common = [f"--data.predict_path={one / f'digit{suffix}'}", f"--prediction.output={work / 'p.csv'}", "--prediction.overwrite=true"]
+    file = one / f"digit{suffix}"
+    common = [f"--data.predict_path={file}", f"--prediction.output={work / 'p.csv'}", "--prediction.overwrite=true"]
     commands = {
         "checkpoint (torch)": ["predict", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false", *common],
         **{name: ["predict-onnx", f"--onnx_path={paths[name]}", *common] for name in sessions},
@@ -152,7 +154,8 @@ def main() -> None:
     expected = digits["checkpoint (torch)"]
     accuracy = {name: (d == labels).mean() for name, d in digits.items()}
     print(f"\nCPU threads: torch {torch.get_num_threads()}, onnxruntime its default (every core)")
-    print("| model | size on disk | one image: median | p95 | batch of 256 | fresh process, one file | same digit as checkpoint | test accuracy |")
+    print("| model | size on disk | one image: median | p95 | batch of 256 | fresh process, one file |"
+          " same digit as checkpoint | test accuracy |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for name, path in paths.items():
         ms = np.array(times[name]) * 1000

@@ -117,7 +117,8 @@ def export_int8(float_path: Path, calibration: np.ndarray, path: Path, method: s
         proto = onnx.load(str(quantised))
     props = {p.key: p.value for p in source.metadata_props}
     props["quantization"] = (
-        f"int8 static QDQ: int8 per-channel weights{' (7-bit range)' * reduce_range}, uint8 activations, {method}-calibrated on {len(calibration)} validation images"
+        f"int8 static QDQ: int8 per-channel weights{' (7-bit range)' * reduce_range}, uint8 activations,"
+        f" {method}-calibrated on {len(calibration)} validation images"
     )
     _save(proto, props, source.doc_string.replace("float32", "int8 (QDQ)"), path)
 

@@ -60,9 +60,14 @@ def _bool(value: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     """`predict`'s options, by the same names (argparse: jsonargparse is not in the minimal install)."""
-    p = _Parser(prog="python -m digits_lightning predict-onnx", description=__doc__.split("\n\n")[0])
+    p = _Parser(
+        prog="python -m digits_lightning predict-onnx",
+        description="Predict the digits in image files with an ONNX model written by `export`, without torch or Lightning.",
+    )
     p.add_argument("--onnx_path", help=f"the model from `export` (default: the newest *.onnx in {DEFAULT_FOLDER}, not int8)")
-    p.add_argument("--data.predict_path", dest="predict_path", required=True, help="an image file, a folder (searched recursively) or a glob")
+    p.add_argument(
+        "--data.predict_path", dest="predict_path", required=True, help="an image file, a folder (searched recursively) or a glob"
+    )
     p.add_argument("--data.predict_batch_size", dest="batch_size", type=int, default=256, help="images per batch")
     p.add_argument("--data.predict_workers", dest="workers", type=int, default=2, help="processes that decode the files")
     p.add_argument("--prediction.output", dest="output", help="the CSV (default predictions.csv, or predictions-2.csv, ...)")
@@ -132,7 +137,9 @@ def run(args: list[str]) -> Results:
         raise
     results.close(time.perf_counter() - start, hidden)
     if results.total and not results.predicted:
-        raise NothingPredicted(f"none of the {results.total:,} images could be predicted: {results.paths['csv']} says why for each")
+        raise NothingPredicted(
+            f"none of the {results.total:,} images could be predicted: {results.paths['csv']} says why for each"
+        )
     return results
 
 

@@ -202,14 +202,15 @@ def test_predict_onnx_exit_statuses(exported, in_tmp, capsys):
     assert_one_error_line(capsys.readouterr().err, "none of the 2 images", "out.csv")
     assert [r["error"].split(":")[0] for r in read_rows(in_tmp / "out.csv")] == ["empty", "not an image"]
     draw("2").save(in_tmp / "two.png")
+    model = f"--onnx_path={float_path}"
     cases = [
-        ([f"--onnx_path={float_path}", "--data.predict_path=nowhere"], ["nowhere", "no such file or folder"]),
+        ([model, "--data.predict_path=nowhere"], ["nowhere", "no such file or folder"]),
         ([f"--onnx_path={in_tmp / 'missing.onnx'}", "--data.predict_path=two.png"], ["missing.onnx", "export"]),
         ([f"--onnx_path={ckpt}", "--data.predict_path=two.png"], [ckpt.name, "not a readable ONNX model"]),
-        ([f"--onnx_path={float_path}", "--data.predict_path=two.png", "--prediction.output=out.csv"], ["out.csv", "already exists"]),
+        ([model, "--data.predict_path=two.png", "--prediction.output=out.csv"], ["out.csv", "already exists"]),
         (["--data.predict_path=two.png"], ["no ONNX model in checkpoints/cnn", "export", "--onnx_path"]),
-        ([f"--onnx_path={float_path}", "--data.predict_path=two.png", "--prediction.sheet=maybe"], ["--prediction.sheet", "maybe"]),
-        ([f"--onnx_path={float_path}"], ["--data.predict_path"]),
+        ([model, "--data.predict_path=two.png", "--prediction.sheet=maybe"], ["--prediction.sheet", "maybe"]),
+        ([model], ["--data.predict_path"]),
     ]
     for args, words in cases:
         with pytest.raises(SystemExit) as exit_:
