@@ -167,6 +167,12 @@ def main() -> None:
             f" ({min(starts[name]):.2f}-{max(starts[name]):.2f}) | {(digits[name] == expected).mean():.2%} |"
             f" {accuracy[name]:.2%} ({100 * (accuracy[name] - accuracy['checkpoint (torch)']):+.2f} points) |"
         )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ms = np.array(latencies({"torch": torch_run}, images[:1], args.rounds, args.calls)["torch"]) * 1000
+    torch.set_num_threads(threads)
+    print(f"checkpoint (torch) on 1 thread, one image: median {np.median(ms):.3f} ms, p95 {np.percentile(ms, 95):.3f} ms"
+          f" (on {threads} threads a call waits for every thread: slow where another process holds a core)")  # fmt: skip
     if args.calibration_choices:
         calibration_choices(paths["ONNX float32"], ckpt, args)
 

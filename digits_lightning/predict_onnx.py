@@ -10,6 +10,7 @@ It needs onnxruntime, numpy and Pillow; matplotlib only for `--prediction.sheet`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing
 import sys
@@ -95,14 +96,18 @@ def decoding_workers(files: int, batch_size: int, workers: int) -> int:
     return min(workers, batches) if batches > 1 else 0
 
 
-def decoded(paths: list[str], workers: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
-    """The files decoded in order, in `workers` forked processes (none: in this one)."""
+def decoders(workers: int):
+    """A pool of `workers` forked processes, or None (decode in this process). Forked, not spawned:
+    spawned workers would run `python -m digits_lightning` again; where there is no fork, none."""
     if not workers or "fork" not in multiprocessing.get_all_start_methods():
-        # (Spawned workers would run `python -m digits_lightning` again: decode here instead.)
-        yield from ((path, *decode(path)) for path in paths)
-        return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from ((path, *result) for path, result in zip(paths, pool.imap(decode, paths, chunksize=16)))
+        return contextlib.nullcontext(None)
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def decoded(paths: list[str], pool) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """The files decoded, in order."""
+    results = map(decode, paths) if pool is None else pool.imap(decode, paths, chunksize=16)
+    yield from ((path, *result) for path, result in zip(paths, results))
 
 
 def run(args: list[str]) -> Results:
@@ -119,23 +124,27 @@ def run(args: list[str]) -> Results:
     paths, hidden = find_images(config.predict_path)
     results.outputs()  # an existing output is refused before any work
     workers = decoding_workers(len(paths), config.batch_size, config.workers)
-    # The model gets the cores the workers leave (see `prediction.PredictThreads`).
-    model = OnnxClassifier(config.onnx_path or newest_model(), threads=max(1, usable_cpus() - workers) if workers else None)
-    start = time.perf_counter()
-    results.open(model.class_names)
-    try:
-        batch: list[tuple[str, np.ndarray | None, str]] = []
-        for item in decoded(paths, workers):
-            batch.append(item)
-            if len(batch) == config.batch_size:
+    # The workers are forked before the model starts its threads: a fork copies only the thread
+    # that forks, and a lock another one held would stay locked in the copy.
+    with decoders(workers) as pool:
+        # The model gets the cores the workers leave (see `prediction.PredictThreads`).
+        model = OnnxClassifier(config.onnx_path or newest_model(), threads=max(1, usable_cpus() - workers) if workers else None)
+        start = time.perf_counter()
+        results.open(model.class_names)
+        try:
+            batch: list[tuple[str, np.ndarray | None, str]] = []
+            for item in decoded(paths, pool):
+                batch.append(item)
+                if len(batch) == config.batch_size:
+                    _predict(model, batch, results)
+                    batch = []
+            if batch:
                 _predict(model, batch, results)
-                batch = []
-        if batch:
-            _predict(model, batch, results)
-    except BaseException as err:
-        results.abort(err)
-        raise
-    results.close(time.perf_counter() - start, hidden)
+        except BaseException as err:
+            results.abort(err)
+            raise
+        seconds = time.perf_counter() - start
+    results.close(seconds, hidden)
     if results.total and not results.predicted:
         raise NothingPredicted(
             f"none of the {results.total:,} images could be predicted: {results.paths['csv']} says why for each"
