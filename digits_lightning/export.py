@@ -5,9 +5,10 @@ The ONNX file takes what the model takes, images `[N, 1, 28, 28]` in [0, 1], whi
 any N: the normalisation is inside the graph, and the class names, the preprocessing convention
 and the normalisation are in its metadata, so the file alone says how to feed it.
 
-Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export), pinned. It is the default since
-torch 2.9 and the one maintained; the TorchScript exporter is deprecated there. Under torch.export
-a dynamic dimension cannot be 1 in the example, so the example batch holds 2 images.
+Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export), pinned, from torch 2.6 on (its
+first release of this exporter, hence the `export` extra's floor). It is the default since torch
+2.9 and the one maintained; the TorchScript exporter is deprecated there. Under torch.export a
+dynamic dimension cannot be 1 in the example, so the example batch holds 2 images.
 
 The int8 variant is quantised statically (QDQ, int8 per-channel weights, uint8 activations,
 calibrated on validation images): onnxruntime recommends static quantisation for convolutional
@@ -34,6 +35,7 @@ INPUT, OUTPUT = "images", "logits"
 OPSET = 20
 CALIBRATION = 500  # validation images: a few hundred pin the activations' ranges (see docs/export.md)
 INSTALL = "pip install 'digits_lightning[export]' (onnx, onnxruntime, onnxscript)"
+TORCH = "2.6"  # the first torch whose torch.onnx.export takes dynamo=True with dynamic_shapes
 
 
 class Graph(nn.Module):
@@ -167,6 +169,8 @@ def parser() -> ArgumentParser:
 
 def main(args: list[str]) -> None:
     config = parser().parse_args(args)
+    if torch.__version__ < TORCH:  # (a TorchVersion: compares as a version, not as text)
+        raise UserError(f"export needs torch >= {TORCH} (its torch.export-based exporter), this is {torch.__version__}: {INSTALL}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
