@@ -9,7 +9,10 @@ Exports the checkpoint with the real `python -m digits_lightning export`, then p
     (torch and Lightning) or `predict-onnx` process, start to exit, its CSV row written
     (target <= 0.5 s for ONNX);
   - agreement with the checkpoint on the MNIST test set: the share of identical digits (target
-    >= 99.9% for the float model) and the accuracy (target: int8 within 0.2 points).
+    >= 99.9% for the float model) and the accuracy (target: int8 within 0.2 points);
+  - a folder of --files user-like files (`predict_folder.py`'s) through `predict` and `predict-onnx`
+    (with and without decoding workers): the loop's throughput as the command reports it, and the
+    whole process.
 With --calibration_choices it also compares calibrations of the int8 model on validation images
 the calibration did not see (how `export`'s defaults were chosen).
 
@@ -22,6 +25,7 @@ Without --ckpt_path it first trains the default CNN (`fit` with no config) in a 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -68,12 +72,37 @@ def throughput(run, images: np.ndarray, batch: int = 256, repeats: int = 3) -> f
 
 
 def fresh_process(args: list[str], cwd: Path) -> float:
+    return timed_process(args, cwd)[0]
+
+
+def timed_process(args: list[str], cwd: Path) -> tuple[float, str]:
+    """Seconds from the process's start to its exit, and what it printed."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "digits_lightning", *args], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, done.stdout
+
+
+def folder_rates(ckpt: Path, float_path: Path, images: np.ndarray, labels: np.ndarray, n: int, work: Path) -> None:
+    """`predict` against `predict-onnx` on a folder of `n` user-like files (the first test digits)."""
+    from benchmarks.predict_folder import write_folder
+
+    folder = work / "folder"
+    write_folder(folder, torch.from_numpy(images[:n]), torch.from_numpy(labels[:n]), seed=0)
+    out = [f"--data.predict_path={folder}", f"--prediction.output={work / 'f.csv'}", "--prediction.overwrite=true"]
+    runs = {
+        "predict (torch, 2 decoding workers)": ["predict", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false", *out],
+        "predict-onnx (2 decoding workers)": ["predict-onnx", f"--onnx_path={float_path}", *out],
+        "predict-onnx (decoding in-process)": ["predict-onnx", f"--onnx_path={float_path}", "--data.predict_workers=0", *out],
+    }
+    print(f"\n{n:,} user-like files (PNG, RGB, RGBA, JPEG; as predict_folder.py writes them), one run each:")
+    print("| command | prediction loop | whole process |\n|---|---|---|")
+    for name, args in runs.items():
+        seconds, printed = timed_process(args, work)
+        loop = float(re.search(r"images in ([\d.]+) s", printed).group(1))
+        print(f"| {name} | {n / loop:,.0f} images/s | {seconds:.1f} s ({n / seconds:,.0f} images/s) |")
 
 
 def calibration_choices(float_path: Path, ckpt: Path, args) -> None:
@@ -104,6 +133,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of single-image calls")
     parser.add_argument("--calls", type=int, default=100, help="single-image calls per round and model")
     parser.add_argument("--starts", type=int, default=5, help="fresh processes per command")
+    parser.add_argument("--files", type=int, default=1000, help="user-like files for the folder comparison (0: none)")
     parser.add_argument("--calibration_choices", action="store_true")
     args = parser.parse_args()
     print(describe())
@@ -173,6 +203,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     print(f"checkpoint (torch) on 1 thread, one image: median {np.median(ms):.3f} ms, p95 {np.percentile(ms, 95):.3f} ms"
           f" (on {threads} threads a call waits for every thread: slow where another process holds a core)")  # fmt: skip
+    if args.files:
+        folder_rates(ckpt, paths["ONNX float32"], images, labels, args.files, work)
     if args.calibration_choices:
         calibration_choices(paths["ONNX float32"], ckpt, args)
 
