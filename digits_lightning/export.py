@@ -202,6 +202,8 @@ def main(args: list[str]) -> None:
 
 
 def _probabilities_torch(model, images: np.ndarray) -> np.ndarray:
+    """The checkpoint's own answers, through the LightningModule's `forward` as `predict` runs it
+    (float32, channels_last where set): what the exported files must agree with."""
     with torch.no_grad():
         return torch.cat([model(torch.from_numpy(b).unsqueeze(1) / 255).softmax(1) for b in np.array_split(images, 20)]).numpy()
 
