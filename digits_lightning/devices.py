@@ -19,14 +19,6 @@ def native_bf16(accelerator) -> bool:
     return False
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (a container or `taskset` may allow fewer than the host has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
-
-
 def skip_nvml_probe_without_gpu() -> None:
     """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 to keep forking safe on GPU machines. Without
     a GPU there is nothing to protect, and the setting makes torch load NVML again in every Adam

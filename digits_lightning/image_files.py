@@ -12,7 +12,10 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
+
 from digits_lightning.errors import UserError
+from digits_lightning.preprocess import ImageError, preprocess_file
 
 
 class PredictionError(UserError):
@@ -60,3 +63,17 @@ def not_a_file(path: str) -> str | None:
     if not stat.S_ISREG(mode):
         return "it is not a regular file (a pipe, socket or device): pass image files"
     return None
+
+
+def read_digit(path: str) -> tuple[np.ndarray | None, str]:
+    """One file as the model's 28x28 uint8 digit, or None and the error of its row (`kind: message`):
+    one file never stops a prediction run."""
+    try:
+        problem = not_a_file(path)
+        if problem:
+            return None, f"unreadable: {problem}"
+        return preprocess_file(path), ""
+    except ImageError as err:
+        return None, f"{err.kind}: {err}"
+    except Exception as err:  # the row says what happened
+        return None, f"failed: {type(err).__name__}: {err}"

@@ -8,7 +8,6 @@ reason rather than fed the wrong images.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +72,3 @@ class OnnxClassifier:
         logits -= logits.max(axis=1, keepdims=True)  # softmax in float32, as `predict_step` computes it
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (as `devices.usable_cpus`, which imports torch)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

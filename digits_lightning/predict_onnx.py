@@ -21,30 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, UserError
-from digits_lightning.image_files import PredictionError, find_images, not_a_file
-from digits_lightning.onnx_runtime import OnnxClassifier, usable_cpus
-from digits_lightning.preprocess import FIELD, ImageError, preprocess_file
-from digits_lightning.results import Results
+from digits_lightning.cpus import usable_cpus
+from digits_lightning.image_files import find_images, read_digit
+from digits_lightning.onnx_runtime import OnnxClassifier
+from digits_lightning.preprocess import FIELD
+from digits_lightning.results import NothingPredicted, Results
 
 DEFAULT_FOLDER = Path("checkpoints") / "cnn"  # where `export` puts the default CNN's models
-
-
-class NothingPredicted(PredictionError):
-    """Every file failed: the run is over, and its exit status must say so."""
-
-
-def decode(path: str) -> tuple[np.ndarray | None, str]:
-    """One file as the model's 28x28 uint8 digit, or None and its error (`kind: message`), as
-    `prediction.ImageFiles` decodes it: one file never stops the run."""
-    try:
-        problem = not_a_file(path)
-        if problem:
-            return None, f"unreadable: {problem}"
-        return preprocess_file(path), ""
-    except ImageError as err:
-        return None, f"{err.kind}: {err}"
-    except Exception as err:  # the row says what happened
-        return None, f"failed: {type(err).__name__}: {err}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,7 +89,7 @@ def decoders(workers: int):
 
 def decoded(paths: list[str], pool) -> Iterator[tuple[str, np.ndarray | None, str]]:
     """The files decoded, in order."""
-    results = map(decode, paths) if pool is None else pool.imap(decode, paths, chunksize=16)
+    results = map(read_digit, paths) if pool is None else pool.imap(read_digit, paths, chunksize=16)
     yield from ((path, *result) for path, result in zip(paths, results))
 
 

@@ -17,14 +17,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from digits_lightning.devices import usable_cpus
-from digits_lightning.image_files import PredictionError, find_images, not_a_file
-from digits_lightning.preprocess import FIELD, ImageError, preprocess_file
-from digits_lightning.results import Results
-
-
-class NothingPredicted(PredictionError):
-    """Every file failed: the run is over, and its exit status must say so."""
+from digits_lightning.cpus import usable_cpus
+from digits_lightning.image_files import PredictionError, find_images, read_digit
+from digits_lightning.preprocess import FIELD
+from digits_lightning.results import NothingPredicted, Results
 
 
 class ImageFiles(Dataset):
@@ -42,17 +38,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = str(self.paths[index])
-        image, error = None, ""
-        try:
-            problem = not_a_file(path)
-            if problem:
-                error = f"unreadable: {problem}"
-            else:
-                image = preprocess_file(path)
-        except ImageError as err:
-            error = f"{err.kind}: {err}"
-        except Exception as err:  # never let one file stop the batch; the row says what happened
-            error = f"failed: {type(err).__name__}: {err}"
+        image, error = read_digit(path)
         if image is None:
             image = np.zeros((FIELD, FIELD), np.uint8)
         return {"path": path, "image": torch.from_numpy(image), "error": error}

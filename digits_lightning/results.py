@@ -21,6 +21,10 @@ from digits_lightning.atomic_write import open_atomically
 from digits_lightning.image_files import PredictionError
 
 
+class NothingPredicted(PredictionError):
+    """Every file failed: the run is over, and its exit status must say so."""
+
+
 def columns(class_names) -> list[str]:
     return ["path", "digit", "label", "confidence", *(f"p{i}" for i in range(len(class_names))), "error"]
 
