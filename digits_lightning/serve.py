@@ -1,0 +1,341 @@
+"""`python -m digits_lightning serve`: a local web page to draw digits on, and an HTTP API, for one checkpoint.
+
+The page (`static/`) and the API share one path: the bytes of an image go through the same
+`load_image` and `to_mnist` as `predict`'s files, so a drawing, an uploaded file and a CSV row
+agree, and an image that cannot become a digit gets the same error kind and message as the
+CSV's `error` column. The server must survive anything a client sends: uploads are cut off at a
+size limit before they are held in memory, and every error is a JSON body with a message.
+
+Concurrency: requests are decoded in Starlette's thread pool (Pillow and NumPy release the GIL for
+most of the work), and the model runs one request at a time under a lock. A single 28x28 image
+is far too small for intra-op parallelism, so `main` gives torch one thread: more threads only
+spin against the decoding threads for the same cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import tempfile
+import threading
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
+from digits_lightning.errors import UserError
+from digits_lightning.preprocess import ImageError, load_image, to_mnist
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 20.0  # a phone photo is 3-12 MB; anything much larger is not a picture of one digit
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the "standard" normalisation of `MNISTDataModule`
+NO_IMAGE = (
+    "no image in the request: send it as the multipart form field `image` (curl -F image=@digit.png),"
+    " or as the raw body with an image content type (-H 'Content-Type: image/png' --data-binary @digit.png)"
+)
+
+
+class Prediction(BaseModel):
+    digit: int = Field(description="The predicted class (its index among the probabilities).")
+    label: str = Field(description="The predicted class's name.")
+    confidence: float = Field(description="The predicted class's probability.")
+    probabilities: list[float] = Field(description="One probability per class, in class order; they sum to 1.")
+    image: str = Field(description="The 28x28 image the model saw (white ink on black, as MNIST), as a base64 PNG.")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="The kind of error, e.g. `blank`; for images, the kind in predict's CSV.")
+    message: str = Field(description="What went wrong and how to fix it.")
+
+
+class Predictor:
+    """A loaded classifier: 28x28 uint8 digits in, probabilities out, one call at a time."""
+
+    def __init__(self, model: torch.nn.Module, normalize: str, class_names: list[str], source: str) -> None:
+        self.model, self.normalize, self.class_names, self.source = model, normalize, class_names, source
+        self._lock = threading.Lock()  # one forward pass at a time: the module is not ours to share between threads
+
+    def probabilities(self, digit: np.ndarray) -> np.ndarray:
+        """uint8 `[28, 28]`, white on black -> float `[classes]` summing to 1."""
+        x = torch.from_numpy(digit).float().div_(255)[None, None]
+        with self._lock, torch.inference_mode():
+            logits = self._logits(x)
+        return logits.double().softmax(dim=1)[0].numpy()  # float64: the ten values sum to 1 to ~1e-16
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on float `[N, 1, 28, 28]` in [0, 1]. (Checkpoints of this version expect the
+        data module's normalisation outside the model; this is the one place that knows it.)"""
+        if self.normalize == "standard":
+            x = (x - MNIST_MEAN) / MNIST_STD
+        return self.model(x)
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """The classifier saved in the checkpoint at `path`, on the CPU, in eval mode; `UserError` if unusable."""
+    from digits_lightning.models import DigitClassifier  # Lightning is heavy: imported only once needed
+
+    try:
+        checkpoint = read_checkpoint(path)
+        check_model_class(path, checkpoint, DigitClassifier)
+        module, _, name = checkpoint["hyper_parameters"]["_class_path"].rpartition(".")
+        model = getattr(import_module(module), name).load_from_checkpoint(path, map_location="cpu")
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    except KeyError:
+        raise UserError(f"{path} does not say which model saved it: pass a checkpoint written by `fit`") from None
+    model.eval()
+    normalize = (checkpoint.get("datamodule_hyper_parameters") or {}).get("normalize", "standard")
+    classes = list(getattr(model.hparams, "class_names", None) or [str(d) for d in range(10)])
+    return Predictor(model, normalize, classes, str(path))
+
+
+def decode(data: bytes) -> np.ndarray:
+    """The bytes of an image file -> the model's uint8 `[28, 28]`, or the `ImageError` predict's CSV reports."""
+    return to_mnist(_load(data))
+
+
+def _load(data: bytes) -> Image.Image:
+    """`load_image` on bytes. It reads only paths so far, so the bytes go through a temporary file
+    (in memory where /dev/shm exists) to give exactly the errors a file on disk gets."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="digits-serve-") as f:
+        f.write(data)
+        f.flush()
+        return load_image(f.name)
+
+
+def png_base64(digit: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(digit, "L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def predict_bytes(predictor: Predictor, data: bytes) -> dict[str, Any]:
+    """The whole prediction for one uploaded file, as the API returns it."""
+    digit = decode(data)
+    probs = predictor.probabilities(digit)
+    best = int(probs.argmax())
+    return {
+        "digit": best,
+        "label": predictor.class_names[best],
+        "confidence": float(probs[best]),
+        "probabilities": [float(p) for p in probs],
+        "image": png_base64(digit),
+    }
+
+
+class UploadTooLarge(Exception):
+    """The request body passed the upload limit while it was being received."""
+
+
+class LimitUploads:
+    """ASGI middleware refusing bodies over `limit` bytes: at once where Content-Length says so, else
+    (chunked uploads) as soon as the bytes received pass it, so no request is held in memory whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(self.limit)(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise UploadTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _error(
+        413,
+        "upload too large",
+        f"the upload is over the server's limit of {limit / 1e6:g} MB: shrink or crop the image"
+        " (or start the server with a larger --max_upload_mb)",
+    )
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
+
+
+ERRORS = {  # the JSON bodies of the errors the API answers with
+    413: {"model": ErrorBody, "description": "The upload is over the size limit (`--max_upload_mb`)."},
+    415: {"model": ErrorBody, "description": "Neither multipart form data nor an image content type."},
+    422: {"model": ErrorBody, "description": "No image, or one that cannot become a digit (not an image, damaged, blank)."},
+}
+IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+REQUEST_BODY = {
+    "required": True,
+    "description": "The image as the multipart form field `image`, or as the raw body with an image content type.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}, "required": ["image"]}
+        },
+        **{kind: IMAGE_BODY for kind in ("image/png", "image/jpeg", "image/*")},
+    },
+}
+
+
+def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """The page at `/`, `POST /api/predict`, `GET /api/health` and the OpenAPI docs at `/docs`."""
+    if not max_upload_mb > 0:
+        raise UserError(f"--max_upload_mb must be positive, got {max_upload_mb}")
+    limit = int(max_upload_mb * 1e6)
+    app = FastAPI(
+        title="digits_lightning",
+        summary="Reads a handwritten digit in an image.",
+        description=f"Serving `{Path(predictor.source).name}`. Images go through the same preprocessing as `predict`.",
+    )
+    app.add_middleware(LimitUploads, limit=limit)
+
+    @app.exception_handler(UploadTooLarge)
+    async def upload_too_large(request: Request, exc: UploadTooLarge) -> JSONResponse:
+        return _too_large(limit)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "bad request")
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            message = f"{request.url.path} does not take {request.method}; it takes {exc.headers.get('Allow', '?')}"
+        elif exc.status_code == 404:
+            message = f"no such page: {request.url.path} (the API is at /api/predict and /api/health; docs at /docs)"
+        return _error(exc.status_code, kind, message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(422, "invalid request", problems or "the request does not match the API (see /docs)")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error", f"{type(exc).__name__}: {exc}"[:500])
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health", summary="Whether the server is up, and which model it serves")
+    async def health() -> dict[str, Any]:
+        model = type(predictor.model).__name__
+        return {"status": "ok", "model": model, "checkpoint": predictor.source, "classes": predictor.class_names}
+
+    @app.post(
+        "/api/predict",
+        summary="Predict the digit in one image",
+        response_model=Prediction,
+        responses=ERRORS,
+        openapi_extra={"requestBody": REQUEST_BODY},
+    )
+    async def predict(request: Request):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            async with request.form(max_files=1, max_fields=10) as form:
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    return _error(422, "no image", NO_IMAGE)
+                data = await upload.read()
+        elif content_type.startswith("image/"):
+            data = await request.body()
+        else:
+            return _error(
+                415,
+                "unsupported media type",
+                f"cannot read a body of type {content_type or '(none)'!r}. {NO_IMAGE[0].upper()}{NO_IMAGE[1:]}",
+            )
+        try:
+            return await run_in_threadpool(predict_bytes, predictor, data)
+        except ImageError as err:
+            return _error(422, err.kind, str(err))
+
+    return app
+
+
+def newest_checkpoint(folder: Path = Path("checkpoints") / "cnn") -> Path:
+    """The newest best checkpoint `fit` wrote for the default CNN; `UserError` if there is none."""
+    best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not best:
+        raise UserError(f"no checkpoint in {folder}: train one first (python -m digits_lightning fit), or pass --ckpt_path")
+    return best[-1]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port` (port 0: any free one); `UserError` if it cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        hint = "pass another --port (0 picks a free one)" if err.errno == 98 else "check --host and --port"
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}): {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def parse_args(argv: list[str]):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="python -m digits_lightning serve",
+        description="Serve a checkpoint: a page to draw digits on, and POST /api/predict (docs at /docs).",
+        env_prefix="DIGITS_SERVE",
+        default_env=False,
+    )
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="the checkpoint (default: the newest best one in checkpoints/cnn/)")
+    parser.add_argument("--host", type=str, default="127.0.0.1", help="the address to listen on (0.0.0.0: every network; think first)")
+    parser.add_argument("--port", type=int, default=8000, help="the port (0: any free one)")
+    parser.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="larger uploads are refused (413)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    """Serve until interrupted. Prints the address to open once the server listens."""
+    import uvicorn
+
+    args = parse_args(argv)
+    ckpt = Path(args.ckpt_path) if args.ckpt_path else newest_checkpoint()
+    predictor = load_predictor(ckpt)
+    app = create_app(predictor, args.max_upload_mb)
+    torch.set_num_threads(1)  # see the module docstring: one 28x28 image per forward pass
+    sock = bind(args.host, args.port)
+    print(f"Serving {ckpt} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    server.run(sockets=[sock])
