@@ -338,4 +338,7 @@ def main(argv: list[str]) -> None:
     sock = bind(args.host, args.port)
     print(f"Serving {ckpt} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down for; here it is the way to stop
+        print("Stopped.", flush=True)
