@@ -146,7 +146,7 @@ def tiny_checkpoint(folder: Path) -> Path:
     data = write_tiny_mnist(folder / "data")
     args = ["fit", f"--data.data_dir={data}", "--data.val_size=200", "--trainer.max_epochs=1", "--test_after_fit=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--checkpoint.dirpath={folder / 'ckpt'}",
-            f"--trainer.logger=false"]  # fmt: skip
+            "--trainer.logger=false", f"--trainer.default_root_dir={folder}"]  # fmt: skip
     main(args)
     return next((folder / "ckpt").glob("epoch=*.ckpt"))
 
