@@ -8,8 +8,8 @@ size limit before they are held in memory, and every error is a JSON body with a
 
 Concurrency: requests are decoded in worker threads, one per core (Pillow and NumPy release the GIL
 for much of the work), and the model runs one request at a time under a lock. A single 28x28 image
-is far too small for intra-op parallelism, so `main` gives torch one thread: more threads only
-spin against the decoding threads for the same cores.
+is far too small for intra-op parallelism, so `main` gives torch one thread: more would only compete
+with the decoding threads for the same cores.
 """
 
 from __future__ import annotations
@@ -292,6 +292,8 @@ def newest_checkpoint(folder: Path = Path("checkpoints") / "cnn") -> Path:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on `host:port` (port 0: any free one); `UserError` if it cannot be had."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535 (0: any free port), got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
@@ -321,8 +323,6 @@ def parse_args(argv: list[str]):
     parser = ArgumentParser(
         prog="python -m digits_lightning serve",
         description="Serve a checkpoint: a page to draw digits on, and POST /api/predict (docs at /docs).",
-        env_prefix="DIGITS_SERVE",
-        default_env=False,
     )
     parser.add_argument("--ckpt_path", type=str | None, default=None, help="the checkpoint (default: the newest best one in checkpoints/cnn/)")
     parser.add_argument("--host", type=str, default="127.0.0.1", help="the address to listen on (0.0.0.0: every network; think first)")

@@ -318,6 +318,10 @@ def test_mistakes_in_the_command_are_one_line_user_errors(checkpoint, tmp_path, 
         serve.main(["--ckpt_path=notes.ckpt"])
     with pytest.raises(UserError, match="--max_upload_mb must be positive"):
         serve.main([f"--ckpt_path={checkpoint}", "--max_upload_mb=0"])
+    with pytest.raises(UserError, match="--port must be between 0 and 65535"):
+        serve.main([f"--ckpt_path={checkpoint}", "--port=70000"])
+    with pytest.raises(UserError, match="--host no.such.host.invalid: not an address"):
+        serve.main([f"--ckpt_path={checkpoint}", "--host=no.such.host.invalid"])
     busy = serve.bind("127.0.0.1", 0)
     try:
         port = busy.getsockname()[1]
