@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -113,13 +114,20 @@ def test_drawing_is_read_live_and_undo_and_clear_work(page, tmp_path):
     assert page.locator("#empty").is_visible() and "Nothing drawn yet" in page.locator("#empty").inner_text()
     assert page.locator("#undo").is_disabled() and not page.locator("#answer").is_visible()
 
-    # Live: an answer appears while the pen is still down, before the stroke is finished.
+    # Live: an answer appears while the pen is still down, before the stroke is finished ...
+    posts = []
+    page.on("request", lambda request: posts.append(request) if request.url.endswith("/api/predict") else None)
+    page.evaluate("window.moves = 0; canvas.addEventListener('pointermove', () => window.moves++)")
     (bar, stem) = (SEVEN[0][:2], SEVEN[0][1:])
-    stroke(page, bar, lift=False)
+    start = time.monotonic()
+    stroke(page, bar, steps=20, lift=False)
     page.wait_for_selector("#answer:visible")
-    page.mouse.move(*canvas_point(page, *stem[1]), steps=8)
+    page.mouse.move(*canvas_point(page, *stem[1]), steps=20)
     page.mouse.up()
     check_answer(answered(page), "7")
+    # ... debounced: at most one request per DELAY_MS (120 ms) of drawing, not one per pointer move.
+    moves, seconds = page.evaluate("window.moves"), time.monotonic() - start
+    assert 2 <= len(posts) <= seconds / 0.120 + 1 and len(posts) < moves / 2, (len(posts), moves, seconds)
     save_screenshot(page, tmp_path)
 
     # A stroke too many, then undone: the 7 again.
