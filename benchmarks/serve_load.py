@@ -7,7 +7,8 @@ from `--concurrency` keep-alive connections at a time, and prints:
   - the number of errors (any answer but a 200 with ten probabilities summing to 1);
   - the server's resident memory after the warm-up and after the run (target: within 20 MB);
   - for scale, the server's own work per image measured in this process: decoding and the model.
-Targets on a 2-core CPU: >= 200 predictions/s, p95 <= 50 ms.
+Targets on a 2-core CPU: >= 200 predictions/s, p95 <= 50 ms. The exit status is 1 where any request
+failed or the memory grew, on any machine.
 
     python benchmarks/serve_load.py                          # newest best checkpoint in checkpoints/cnn/
     python benchmarks/serve_load.py --ckpt_path my.ckpt --requests 400 --concurrency 4
@@ -227,6 +228,8 @@ def main() -> None:
         "RSS within 20 MB": abs(rss_after - rss_warm) <= 20,
     }
     print("targets: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in checks.items()))
+    if not (checks["no errors"] and checks["RSS within 20 MB"]):
+        raise SystemExit(1)  # a fault on any machine; the speed targets are the 2-core CPU's
 
 
 if __name__ == "__main__":
