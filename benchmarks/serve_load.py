@@ -142,7 +142,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def tiny_checkpoint(folder: Path) -> Path:
     from digits_lightning.cli import main
-    from tests.conftest import write_tiny_mnist
+    from tests.helpers import write_tiny_mnist
 
     data = write_tiny_mnist(folder / "data")
     args = ["fit", f"--data.data_dir={data}", "--data.val_size=200", "--trainer.max_epochs=1", "--test_after_fit=false",

@@ -21,7 +21,6 @@ import os
 import socket
 import tempfile
 import threading
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,12 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digits_lightning.checkpoints import CheckpointError, check_model_class, read_checkpoint
+from digits_lightning.checkpoints import load_classifier
 from digits_lightning.errors import UserError
 from digits_lightning.preprocess import ImageError, load_image, to_mnist
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0  # a phone photo is 3-12 MB; anything much larger is not a picture of one digit
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the "standard" normalisation of `MNISTDataModule`
 NO_IMAGE = (
     "no image in the request: send it as the multipart form field `image` (curl -F image=@digit.png),"
     " or as the raw body with an image content type (-H 'Content-Type: image/png' --data-binary @digit.png)"
@@ -66,42 +64,23 @@ class ErrorBody(BaseModel):
 class Predictor:
     """A loaded classifier: 28x28 uint8 digits in, probabilities out, one call at a time."""
 
-    def __init__(self, model: torch.nn.Module, normalize: str, class_names: list[str], source: str) -> None:
-        self.model, self.normalize, self.class_names, self.source = model, normalize, class_names, source
+    def __init__(self, model: torch.nn.Module, class_names: list[str], source: str) -> None:
+        self.model, self.class_names, self.source = model, class_names, source
         self._lock = threading.Lock()  # one forward pass at a time: the module is not ours to share between threads
 
     def probabilities(self, digit: np.ndarray) -> np.ndarray:
         """uint8 `[28, 28]`, white on black -> float `[classes]` summing to 1."""
-        x = torch.from_numpy(digit).float().div_(255)[None, None]
+        x = torch.from_numpy(digit).float().div_(255)[None, None]  # the model normalises [0, 1] images itself
         with self._lock, torch.inference_mode():
-            logits = self._logits(x)
-        return logits.double().softmax(dim=1)[0].numpy()  # float64: the ten values sum to 1 to ~1e-16
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model on float `[N, 1, 28, 28]` in [0, 1]. (Checkpoints of this version expect the
-        data module's normalisation outside the model; this is the one place that knows it.)"""
-        if self.normalize == "standard":
-            x = (x - MNIST_MEAN) / MNIST_STD
-        return self.model(x)
+            logits = self.model(x)
+        return logits.double().softmax(dim=1)[0].numpy()  # float64: the values sum to 1 to ~1e-16
 
 
 def load_predictor(path: str | Path) -> Predictor:
-    """The classifier saved in the checkpoint at `path`, on the CPU, in eval mode; `UserError` if unusable."""
-    from digits_lightning.models import DigitClassifier  # Lightning is heavy: imported only once needed
-
-    try:
-        checkpoint = read_checkpoint(path)
-        check_model_class(path, checkpoint, DigitClassifier)
-        module, _, name = checkpoint["hyper_parameters"]["_class_path"].rpartition(".")
-        model = getattr(import_module(module), name).load_from_checkpoint(path, map_location="cpu")
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
-    except KeyError:
-        raise UserError(f"{path} does not say which model saved it: pass a checkpoint written by `fit`") from None
-    model.eval()
-    normalize = (checkpoint.get("datamodule_hyper_parameters") or {}).get("normalize", "standard")
-    classes = list(getattr(model.hparams, "class_names", None) or [str(d) for d in range(10)])
-    return Predictor(model, normalize, classes, str(path))
+    """The classifier saved in the checkpoint at `path`, on the CPU, in eval mode; a `CheckpointError`
+    (a `UserError`) where the file is no usable checkpoint."""
+    model = load_classifier(path)
+    return Predictor(model, list(model.hparams.class_names), str(path))
 
 
 def decode(data: bytes) -> np.ndarray:

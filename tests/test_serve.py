@@ -19,39 +19,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from PIL import Image, ImageDraw
 
 from digits_lightning import serve
 from digits_lightning.cli import main as cli_main
 from digits_lightning.errors import UserError
-from tests.test_preprocess import draw
+from tests.helpers import draw, train
 
-FIT = [
-    "fit",
-    "--data.val_size=200",
-    "--data.batch_size=100",
-    "--trainer.max_epochs=3",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--test_after_fit=false",
-]
 LIMIT_MB = 0.05  # the test servers refuse uploads over 50 kB: small enough to send over it quickly
-
-
-def train(data_dir: Path, folder: Path) -> Path:
-    """Fit the default CNN on `data_dir` inside `folder`; returns its best checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from more threads on a busy machine
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(folder)
-            cli_main([*FIT, f"--data.data_dir={data_dir}"])
-    finally:
-        torch.set_num_threads(threads)
-    (best,) = (folder / "checkpoints" / "cnn").glob("epoch=*.ckpt")
-    return best
 
 
 @contextlib.contextmanager
@@ -182,7 +158,7 @@ def test_answers_agree_with_the_prediction_csv(client, checkpoint, tmp_path, mon
             assert f"{body['error']}: {body['message']}" == row["error"]
         else:
             assert response.status_code == 200, name
-            assert str(body["digit"]) == row["digit"]
+            assert str(body["digit"]) == row["digit"] and body["label"] == row["label"]
             assert body["confidence"] == pytest.approx(float(row["confidence"]), abs=1e-3)
     assert {rows[n]["error"].split(":")[0] for n in ("notes.png", "cut.png", "white.png", "nothing.png")} == {
         "not an image",
