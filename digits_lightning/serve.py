@@ -318,12 +318,12 @@ def main(argv: list[str]) -> None:
     ckpt = Path(args.ckpt_path) if args.ckpt_path else newest_checkpoint()
     predictor = load_predictor(ckpt)
     app = create_app(predictor, args.max_upload_mb)
+    sock = bind(args.host, args.port)  # the last mistake to refuse: nothing process-wide has changed yet
     torch.set_num_threads(1)  # see the module docstring: one 28x28 image per forward pass
     # torch and Lightning leave ~10^6 long-lived objects; a full collection scanning them all stalls
     # every request in flight for ~0.2 s. Frozen, they are never scanned again.
     gc.collect()
     gc.freeze()
-    sock = bind(args.host, args.port)
     print(f"Serving {ckpt} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image, ImageDraw
 
@@ -283,6 +284,8 @@ def one_line_only(self, *args) -> None:
 
 
 def test_mistakes_in_the_command_are_one_line_user_errors(checkpoint, tmp_path, monkeypatch):
+    """Refused in one line each, before the command changes anything for the whole process."""
+    threads = torch.get_num_threads()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(serve.UserError, "__init__", one_line_only)
     with pytest.raises(UserError, match=r"^no checkpoint in checkpoints/cnn: train one first .* or pass --ckpt_path$"):
@@ -305,3 +308,4 @@ def test_mistakes_in_the_command_are_one_line_user_errors(checkpoint, tmp_path, 
             serve.main([f"--ckpt_path={checkpoint}", f"--port={port}"])
     finally:
         busy.close()
+    assert torch.get_num_threads() == threads
