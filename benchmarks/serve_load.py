@@ -6,6 +6,8 @@ from `--concurrency` keep-alive connections at a time, and prints:
   - predictions per second and the latency percentiles (p50, p95, p99, max), client-side, per request;
   - the number of errors (any answer but a 200 with ten probabilities summing to 1);
   - the server's resident memory after the warm-up and after the run (target: within 20 MB);
+  - the CPU time the server and the client spent per prediction, which other work on the machine
+    does not change as it changes the rate (with the load average, to judge the rate by);
   - for scale, the server's own work per image measured in this process: decoding and the model.
 Targets on a 2-core CPU: >= 200 predictions/s, p95 <= 50 ms. The exit status is 1 where any request
 failed or the memory grew, on any machine.
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -136,6 +139,14 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) the process has used, in seconds: unlike the rate, it does not depend
+    on what else the machine is running."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -206,9 +217,9 @@ def main() -> None:
             requests = [request_bytes(port, data) for _, data in files]
             deadline = time.monotonic() + args.deadline_s
             _, warm_errors, _ = asyncio.run(load(port, requests[: args.warmup], args.concurrency, deadline))
-            rss_warm = rss_mb(server.pid)
+            rss_warm, cpu_warm, client_warm = rss_mb(server.pid), cpu_s(server.pid), time.process_time()
             latencies, errors, elapsed = asyncio.run(load(port, requests[: args.requests], args.concurrency, deadline))
-            rss_after = rss_mb(server.pid)
+            rss_after, cpu_after, client_after = rss_mb(server.pid), cpu_s(server.pid), time.process_time()
         finally:
             server.terminate()
             server.wait(20)
@@ -220,6 +231,8 @@ def main() -> None:
     print(f"latency ms: p50 {percentile(ms, 50):.1f}, p95 {percentile(ms, 95):.1f}, p99 {percentile(ms, 99):.1f}, max {max(ms):.1f}")
     print(f"errors: {errors + warm_errors} (warm-up {warm_errors}); unanswered: {args.requests - done}")
     print(f"server RSS: {rss_warm:.1f} MB after the warm-up, {rss_after:.1f} MB after the run ({rss_after - rss_warm:+.1f} MB)")
+    print(f"CPU per prediction: server {1e3 * (cpu_after - cpu_warm) / max(done, 1):.1f} ms,"
+          f" client {1e3 * (client_after - client_warm) / max(done, 1):.1f} ms; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"server work per image, in process, one at a time: decoding {decode_ms:.2f} ms, model {model_ms:.2f} ms")
     checks = {
         ">= 200 predictions/s": done / elapsed >= 200,
