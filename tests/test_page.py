@@ -181,6 +181,10 @@ def test_image_files_are_read_when_chosen_or_dropped(page, tmp_path):
     assert "no digit found" in page.locator("#error").inner_text()
     assert not page.locator("#answer").is_visible()
 
+    page.locator("#clear").click()  # back to the start, without drawing anything
+    page.wait_for_selector("body[data-state=empty]")
+    assert page.locator("#empty").is_visible() and not page.locator("#error").is_visible()
+
 
 def drop_file(page, name: str, data: bytes) -> None:
     """Drops a file on the drop zone as the browser does: a `drop` event whose DataTransfer holds it."""

@@ -17,6 +17,7 @@ let version = 0;    // bumped by every change of what is to be predicted
 let shown = -1;     // the version whose answer is on screen
 let timer = null, inFlight = false, dirty = false;
 let classes = null;
+let fromFile = false; // the answer shown is a file's: Clear takes it away too
 
 function setState(state) { document.body.dataset.state = state; }
 
@@ -41,7 +42,8 @@ function paint() {
     for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
     ctx.stroke();
   }
-  $("undo").disabled = $("clear").disabled = strokes.length === 0;
+  $("undo").disabled = strokes.length === 0;
+  $("clear").disabled = strokes.length === 0 && !fromFile;
 }
 
 function point(event) {
@@ -55,6 +57,7 @@ canvas.addEventListener("pointerdown", (event) => {
   event.preventDefault();
   canvas.setPointerCapture(event.pointerId); // strokes that leave the canvas keep going until the pen lifts
   current = { id: event.pointerId, points: [point(event)] };
+  fromFile = false;
   strokes.push(current.points);
   paint();
   changed();
@@ -75,7 +78,7 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 
 $("undo").addEventListener("click", () => { strokes.pop(); current = null; paint(); changed(); });
-$("clear").addEventListener("click", () => { strokes = []; current = null; paint(); changed(); });
+$("clear").addEventListener("click", () => { strokes = []; current = null; fromFile = false; paint(); changed(); });
 
 function changed() {
   version++;
@@ -166,7 +169,7 @@ function bars(body) {
 // Image files: dropped on the page or chosen, predicted the same way as a drawing.
 function sendFile(file) {
   if (!file) return;
-  strokes = []; current = null; paint(); // the drawing is replaced by the file
+  strokes = []; current = null; fromFile = true; paint(); // the drawing is replaced by the file
   version++;
   dirty = false;
   if (timer !== null) { clearTimeout(timer); timer = null; }
