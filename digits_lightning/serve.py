@@ -37,6 +37,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digits_lightning.checkpoints import load_classifier
+from digits_lightning.devices import usable_cpus
 from digits_lightning.errors import UserError
 from digits_lightning.preprocess import ImageError, load_image, to_mnist
 
@@ -193,8 +194,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
     app.add_middleware(LimitUploads, limit=limit)
     # As many decodes at once as cores: more would not finish sooner, and each holds a decoded image
     # (up to 100 MP) in memory, so a burst of large photos must not run 40 at a time (the thread pool's size).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (not on macOS)
-    decoders = anyio.CapacityLimiter(max(1, cores or 1))
+    decoders = anyio.CapacityLimiter(usable_cpus())
 
     @app.exception_handler(UploadTooLarge)
     async def upload_too_large(request: Request, exc: UploadTooLarge) -> JSONResponse:
