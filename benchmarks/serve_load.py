@@ -165,7 +165,7 @@ def tiny_checkpoint(folder: Path) -> Path:
 
 def in_process(ckpt: Path, files: list[tuple[int, bytes]]) -> tuple[float, float]:
     """Median ms per image of the server's two steps, decoding and the model, one at a time here."""
-    predictor = serve.load_predictor(ckpt)
+    predictor = serve.load_checkpoint(ckpt)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server runs it
     decode, model = [], []

@@ -1,4 +1,5 @@
-"""`python -m digits_lightning serve`: a local web page to draw digits on, and an HTTP API, for one checkpoint.
+"""`python -m digits_lightning serve`: a local web page to draw digits on, and an HTTP API, for one
+checkpoint (run by torch) or one model written by `export` (run by onnxruntime, without torch).
 
 The page (`static/`) and the API share one path: the bytes of an image go through the same
 `load_image` and `to_mnist` as `predict`'s files, so a drawing, an uploaded file and a CSV row
@@ -8,25 +9,30 @@ size limit before they are held in memory, and every error is a JSON body with a
 
 Concurrency: requests are decoded in worker threads, one per core (Pillow and NumPy release the GIL
 for much of the work), and the model runs one request at a time under a lock. A single 28x28 image
-is far too small for intra-op parallelism, so `main` gives torch one thread: more would only compete
+is far too small for intra-op parallelism, so the model gets one thread: more would only compete
 with the decoding threads for the same cores.
+
+torch is imported only to serve a checkpoint, so that an exported model is served where only
+onnxruntime, numpy, Pillow and the `serve` extra are installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import gc
 import io
 import os
 import socket
 import tempfile
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -36,9 +42,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digits_lightning.checkpoints import load_classifier
-from digits_lightning.devices import usable_cpus
-from digits_lightning.errors import UserError
+from digits_lightning.cpus import usable_cpus
+from digits_lightning.errors import EXIT_USER_ERROR, UserError
 from digits_lightning.preprocess import ImageError, load_image, to_mnist
 
 STATIC = Path(__file__).parent / "static"
@@ -63,25 +68,44 @@ class ErrorBody(BaseModel):
 
 
 class Predictor:
-    """A loaded classifier: 28x28 uint8 digits in, probabilities out, one call at a time."""
+    """A loaded classifier: 28x28 uint8 digits in, probabilities out, one call at a time.
 
-    def __init__(self, model: torch.nn.Module, class_names: list[str], source: str) -> None:
-        self.model, self.class_names, self.source = model, class_names, source
-        self._lock = threading.Lock()  # one forward pass at a time: the module is not ours to share between threads
+    `run` takes uint8 `[N, 28, 28]` digits, white ink on black, and gives `[N, classes]` probabilities."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], model: str, source: str) -> None:
+        self._run, self.class_names, self.model, self.source = run, class_names, model, source
+        self._lock = threading.Lock()  # one forward pass at a time: a model is not ours to share between threads
 
     def probabilities(self, digit: np.ndarray) -> np.ndarray:
-        """uint8 `[28, 28]`, white on black -> float `[classes]` summing to 1."""
-        x = torch.from_numpy(digit).float().div_(255)[None, None]  # the model normalises [0, 1] images itself
-        with self._lock, torch.inference_mode():
-            logits = self.model(x)
-        return logits.double().softmax(dim=1)[0].numpy()  # float64: the values sum to 1 to ~1e-16
+        """uint8 `[28, 28]`, white on black -> float64 `[classes]` summing to 1."""
+        with self._lock:
+            probs = np.asarray(self._run(digit[None]), np.float64)[0]
+        return probs / probs.sum()  # float32 probabilities sum to 1 only to ~1e-7; these to ~1e-16
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """The classifier saved in the checkpoint at `path`, on the CPU, in eval mode; a `CheckpointError`
+def load_checkpoint(path: str | Path) -> Predictor:
+    """The classifier saved in a checkpoint of `fit`, run by torch on one CPU thread; a `CheckpointError`
     (a `UserError`) where the file is no usable checkpoint."""
+    import torch
+
+    from digits_lightning.checkpoints import load_classifier
+
     model = load_classifier(path)
-    return Predictor(model, list(model.hparams.class_names), str(path))
+
+    def run(digits: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(digits).float().div_(255).unsqueeze(1)  # the model normalises [0, 1] images itself
+        with torch.inference_mode():
+            return model(x).double().softmax(dim=1).numpy()
+
+    return Predictor(run, list(model.hparams.class_names), type(model).__name__, str(path))
+
+
+def load_onnx(path: str | Path) -> Predictor:
+    """A model written by `export`, run by onnxruntime on one thread; a `UserError` where it cannot be."""
+    from digits_lightning.onnx_runtime import OnnxClassifier
+
+    model = OnnxClassifier(path, threads=1)
+    return Predictor(model.probabilities, list(model.class_names), "ONNX (onnxruntime)", str(path))
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -227,8 +251,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
 
     @app.get("/api/health", summary="Whether the server is up, and which model it serves")
     async def health() -> dict[str, Any]:
-        model = type(predictor.model).__name__
-        return {"status": "ok", "model": model, "checkpoint": predictor.source, "classes": predictor.class_names}
+        return {"status": "ok", "model": predictor.model, "file": predictor.source, "classes": predictor.class_names}
 
     @app.post(
         "/api/predict",
@@ -296,37 +319,59 @@ def address(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def parse_args(argv: list[str]):
-    from jsonargparse import ArgumentParser
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and status 2, as every other command
+        raise UserError(f"{message} (python -m digits_lightning serve --help)")
 
-    parser = ArgumentParser(
+
+def parser() -> argparse.ArgumentParser:
+    """argparse, not jsonargparse: an exported model is served with the minimal install."""
+    p = _Parser(
         prog="python -m digits_lightning serve",
-        description="Serve a checkpoint: a page to draw digits on, and POST /api/predict (docs at /docs).",
+        description="A page to draw digits on, and POST /api/predict (docs at /docs), for one model.",
     )
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="the checkpoint (default: the newest best one in checkpoints/cnn/)")
-    parser.add_argument("--host", type=str, default="127.0.0.1", help="the address to listen on (0.0.0.0: every network; think first)")
-    parser.add_argument("--port", type=int, default=8000, help="the port (0: any free one)")
-    parser.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="larger uploads are refused (413)")
-    return parser.parse_args(argv)
+    p.add_argument("--ckpt_path", help="the checkpoint (default: the newest best one in checkpoints/cnn/)")
+    p.add_argument("--onnx_path", help="a model written by `export` instead of a checkpoint (needs onnxruntime, not torch)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every network; think first)")
+    p.add_argument("--port", type=int, default=8000, help="the port (0: any free one; default 8000)")
+    p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="larger uploads are refused with 413 (default 20)")
+    return p
 
 
-def main(argv: list[str]) -> None:
-    """Serve until interrupted. Prints the address to open once the server listens."""
+def run(argv: list[str]) -> None:
+    """Serve until interrupted; a `UserError` for a mistake in `argv`. Prints the address to open once
+    the server listens."""
     import uvicorn
 
-    args = parse_args(argv)
-    ckpt = Path(args.ckpt_path) if args.ckpt_path else newest_checkpoint()
-    predictor = load_predictor(ckpt)
+    args = parser().parse_args(argv)
+    if args.ckpt_path and args.onnx_path:
+        raise UserError("pass --ckpt_path or --onnx_path, not both: the server serves one model")
+    if args.onnx_path:
+        predictor = load_onnx(args.onnx_path)
+    else:
+        predictor = load_checkpoint(args.ckpt_path or newest_checkpoint())
     app = create_app(predictor, args.max_upload_mb)
     sock = bind(args.host, args.port)  # the last mistake to refuse: nothing process-wide has changed yet
-    torch.set_num_threads(1)  # see the module docstring: one 28x28 image per forward pass
+    if not args.onnx_path:  # (onnxruntime's session has been given one thread already)
+        import torch
+
+        torch.set_num_threads(1)  # see the module docstring: one 28x28 image per forward pass
     # torch and Lightning leave ~10^6 long-lived objects; a full collection scanning them all stalls
     # every request in flight for ~0.2 s. Frozen, they are never scanned again.
     gc.collect()
     gc.freeze()
-    print(f"Serving {ckpt} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
+    print(f"Serving {predictor.source} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down for; here it is the way to stop
         print("Stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m digits_lightning serve ARGS`: the user's mistakes end as one line on stderr, exit status 2."""
+    try:
+        run(sys.argv[1:] if argv is None else list(argv))
+    except UserError as err:
+        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
+        raise SystemExit(EXIT_USER_ERROR) from None

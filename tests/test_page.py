@@ -46,7 +46,7 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def url(checkpoint):  # noqa: F811 (the imported fixture)
-    with running(serve.create_app(serve.load_predictor(checkpoint))) as base:
+    with running(serve.create_app(serve.load_checkpoint(checkpoint))) as base:
         yield base
 
 
@@ -109,7 +109,9 @@ def check_answer(answer: dict, digit: str) -> None:
     assert seen.size == (28, 28)
 
 
-def test_drawing_is_read_live_and_undo_and_clear_work(page, tmp_path):
+def test_drawing_is_read_live_and_undo_and_clear_work(page, tmp_path, checkpoint):  # noqa: F811
+    page.wait_for_function("document.getElementById('model').textContent.includes('.ckpt')")
+    assert page.locator("#model").inner_text() == f"CNNClassifier from {checkpoint.name}"
     assert page.locator("body").get_attribute("data-state") == "empty"
     assert page.locator("#empty").is_visible() and "Nothing drawn yet" in page.locator("#empty").inner_text()
     assert page.locator("#undo").is_disabled() and not page.locator("#answer").is_visible()

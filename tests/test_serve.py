@@ -58,7 +58,7 @@ def checkpoint(tiny_mnist, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(checkpoint):
-    with running(serve.create_app(serve.load_predictor(checkpoint), max_upload_mb=LIMIT_MB)) as base:
+    with running(serve.create_app(serve.load_checkpoint(checkpoint), max_upload_mb=LIMIT_MB)) as base:
         yield base
 
 
@@ -238,7 +238,7 @@ def test_concurrent_requests_each_get_their_own_answer(client):
 
 def test_health_docs_and_the_page(client, checkpoint):
     health = client.get("/api/health").json()
-    assert health["status"] == "ok" and health["checkpoint"] == str(checkpoint)
+    assert health["status"] == "ok" and health["model"] == "CNNClassifier" and health["file"] == str(checkpoint)
     assert health["classes"] == [str(d) for d in range(10)]
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
@@ -283,29 +283,81 @@ def one_line_only(self, *args) -> None:
     Exception.__init__(self, *args)
 
 
-def test_mistakes_in_the_command_are_one_line_user_errors(checkpoint, tmp_path, monkeypatch):
+def test_mistakes_in_the_command_are_one_line_user_errors(checkpoint, tmp_path, monkeypatch, capsys):
     """Refused in one line each, before the command changes anything for the whole process."""
     threads = torch.get_num_threads()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(serve.UserError, "__init__", one_line_only)
     with pytest.raises(UserError, match=r"^no checkpoint in checkpoints/cnn: train one first .* or pass --ckpt_path$"):
-        serve.main([])
+        serve.run([])
     with pytest.raises(UserError, match="no such checkpoint file"):
-        serve.main(["--ckpt_path=missing.ckpt"])
+        serve.run(["--ckpt_path=missing.ckpt"])
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        serve.main(["--ckpt_path=notes.ckpt"])
+        serve.run(["--ckpt_path=notes.ckpt"])
+    with pytest.raises(UserError, match="no such ONNX model"):
+        serve.run(["--onnx_path=missing.onnx"])
+    with pytest.raises(UserError, match="pass --ckpt_path or --onnx_path, not both"):
+        serve.run([f"--ckpt_path={checkpoint}", "--onnx_path=model.onnx"])
+    with pytest.raises(UserError, match=r"unrecognized arguments: --prot=80 \(python -m digits_lightning serve --help\)"):
+        serve.run(["--prot=80"])
     with pytest.raises(UserError, match="--max_upload_mb must be positive"):
-        serve.main([f"--ckpt_path={checkpoint}", "--max_upload_mb=0"])
+        serve.run([f"--ckpt_path={checkpoint}", "--max_upload_mb=0"])
     with pytest.raises(UserError, match="--port must be between 0 and 65535"):
-        serve.main([f"--ckpt_path={checkpoint}", "--port=70000"])
+        serve.run([f"--ckpt_path={checkpoint}", "--port=70000"])
     with pytest.raises(UserError, match="--host no.such.host.invalid: not an address"):
-        serve.main([f"--ckpt_path={checkpoint}", "--host=no.such.host.invalid"])
+        serve.run([f"--ckpt_path={checkpoint}", "--host=no.such.host.invalid"])
     busy = serve.bind("127.0.0.1", 0)
     try:
         port = busy.getsockname()[1]
         with pytest.raises(UserError, match=rf"cannot listen on 127.0.0.1:{port} .*pass another --port"):
-            serve.main([f"--ckpt_path={checkpoint}", f"--port={port}"])
+            serve.run([f"--ckpt_path={checkpoint}", f"--port={port}"])
     finally:
         busy.close()
     assert torch.get_num_threads() == threads
+    # The command itself: the message as one line on stderr, and exit status 2.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        serve.main(["--ckpt_path=missing.ckpt"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: missing.ckpt: no such checkpoint file") and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tiny_mnist) -> Path:
+    """The test checkpoint exported by the real `export` command: the float .onnx beside it."""
+    cli_main(["export", f"--ckpt_path={checkpoint}", "--int8=false", f"--data.data_dir={tiny_mnist}"])
+    return checkpoint.with_suffix(".onnx")
+
+
+BLOCKED = "import sys\nfor name in ('torch', 'lightning', 'torchvision'):\n    sys.modules[name] = None\n"
+
+
+def test_an_exported_model_is_served_without_torch(exported, client):
+    """`--onnx_path`: the model from `export`, served in a process that cannot import torch, answers
+    as the checkpoint it came from does."""
+    command = [sys.executable, "-c", BLOCKED + "from digits_lightning.serve import main; main(sys.argv[1:])"]
+    process = subprocess.Popen([*command, f"--onnx_path={exported}", "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert found, line + (process.stderr.read() if process.poll() is not None else "")
+        with httpx.Client(base_url=found.group(0), timeout=30) as onnx:
+            health = onnx.get("api/health").json()
+            assert health["model"] == "ONNX (onnxruntime)" and health["file"] == str(exported)
+            assert health["classes"] == [str(d) for d in range(10)]
+            for data in (THREE, png(drawn(SEVEN))):
+                answer = onnx.post("api/predict", files={"image": ("d.png", data, "image/png")}).json()
+                expected = client.post("/api/predict", files={"image": ("d.png", data, "image/png")}).json()
+                assert answer["digit"] == expected["digit"] and answer["image"] == expected["image"]
+                assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+                assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-6)
+            assert onnx.post("api/predict", content=b"notes", headers={"Content-Type": "image/png"}).json()["error"] == "not an image"
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(20)
+        finally:
+            process.kill()
+    assert process.returncode == 0, process.stderr.read()

@@ -192,7 +192,7 @@ window.addEventListener("drop", (event) => {
 
 fetch("/api/health").then((r) => r.json()).then((health) => {
   classes = health.classes;
-  $("model").textContent = `${health.model} from ${health.checkpoint.split("/").pop()}`;
+  $("model").textContent = `${health.model} from ${health.file.split("/").pop()}`;
 }).catch(() => { $("model").textContent = "The server does not answer /api/health."; });
 
 paint();
