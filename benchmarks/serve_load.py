@@ -14,6 +14,7 @@ failed or the memory grew, on any machine.
 
     python benchmarks/serve_load.py                          # newest best checkpoint in checkpoints/cnn/
     python benchmarks/serve_load.py --ckpt_path my.ckpt --requests 400 --concurrency 4
+    python benchmarks/serve_load.py --onnx_path model.onnx   # a model from `export`, run by onnxruntime
 
 Without a checkpoint it trains the default CNN for one epoch on a tiny synthetic set in a temporary
 folder: the network and so the work per request are the default CNN's; only its answers are worse.
@@ -163,9 +164,8 @@ def tiny_checkpoint(folder: Path) -> Path:
     return next((folder / "ckpt").glob("epoch=*.ckpt"))
 
 
-def in_process(ckpt: Path, files: list[tuple[int, bytes]]) -> tuple[float, float]:
+def in_process(predictor: serve.Predictor, files: list[tuple[int, bytes]]) -> tuple[float, float]:
     """Median ms per image of the server's two steps, decoding and the model, one at a time here."""
-    predictor = serve.load_checkpoint(ckpt)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server runs it
     decode, model = [], []
@@ -185,6 +185,7 @@ def in_process(ckpt: Path, files: list[tuple[int, bytes]]) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", type=Path, default=None, help="default: the newest best in checkpoints/cnn/, else a tiny fit")
+    parser.add_argument("--onnx_path", type=Path, default=None, help="serve this model from `export` instead of a checkpoint")
     parser.add_argument("--requests", type=int, default=400, help="measured requests (at most 2000)")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=4, help="connections sending at once")
@@ -194,20 +195,24 @@ def main() -> None:
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt_path
-        if ckpt is None:
+        if args.onnx_path:
+            model, predictor = ["--onnx_path", args.onnx_path], serve.load_onnx(args.onnx_path)
+        elif ckpt is None:
             try:
                 ckpt = serve.newest_checkpoint()
             except serve.UserError:
                 print("no checkpoint in checkpoints/cnn/: training the default CNN for one epoch on a tiny synthetic set")
                 ckpt = tiny_checkpoint(Path(tmp))
-        print(f"checkpoint: {ckpt}")
+        if not args.onnx_path:
+            model, predictor = ["--ckpt_path", ckpt], serve.load_checkpoint(ckpt)
+        print(f"model: {predictor.model} from {predictor.source}")
         files = drawings(max(args.requests, args.warmup, 100))
         sizes = [len(data) for _, data in files]
         print(f"{len(files)} drawn 280x280 RGBA PNGs, {statistics.median(sizes) / 1e3:.1f} kB median")
-        decode_ms, model_ms = in_process(ckpt, files)
+        decode_ms, model_ms = in_process(predictor, files)
 
         command = [sys.executable, "-c", "import sys; from digits_lightning.serve import main; main(sys.argv[1:])"]
-        server = subprocess.Popen([*command, f"--ckpt_path={ckpt}", f"--host={HOST}", "--port=0"], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen([*command, f"{model[0]}={model[1]}", f"--host={HOST}", "--port=0"], stdout=subprocess.PIPE, text=True)
         try:
             line = server.stdout.readline()
             found = re.search(rf"http://{re.escape(HOST)}:(\d+)/", line)
