@@ -2,7 +2,7 @@
 checkpoint (run by torch) or one model written by `export` (run by onnxruntime, without torch).
 
 The page (`static/`) and the API share one path: the bytes of an image go through the same
-`load_image` and `to_mnist` as `predict`'s files, so a drawing, an uploaded file and a CSV row
+decoding as `predict`'s files (`image_files.read_digit`), so a drawing, an uploaded file and a CSV row
 agree, and an image that cannot become a digit gets the same error kind and message as the
 CSV's `error` column. The server must survive anything a client sends: uploads are cut off at a
 size limit before they are held in memory, and every error is a JSON body with a message.
@@ -24,8 +24,8 @@ import gc
 import io
 import os
 import socket
-import tempfile
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +44,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digits_lightning.cpus import usable_cpus
 from digits_lightning.errors import EXIT_USER_ERROR, UserError
-from digits_lightning.preprocess import ImageError, load_image, to_mnist
+from digits_lightning.image_files import read_digit
+from digits_lightning.preprocess import ImageError
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0  # a phone photo is 3-12 MB; anything much larger is not a picture of one digit
@@ -109,18 +110,23 @@ def load_onnx(path: str | Path) -> Predictor:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """The bytes of an image file -> the model's uint8 `[28, 28]`, or the `ImageError` predict's CSV reports."""
-    return to_mnist(_load(data))
+    """The bytes of an image file -> the model's uint8 `[28, 28]`; else an `ImageError` with the kind
+    and message of the error column predict's CSV would have for the same file (`kind: message`)."""
+    digit, error = _read(data)
+    if error:
+        kind, _, message = error.partition(": ")
+        raise ImageError(kind, message)
+    return digit
 
 
-def _load(data: bytes) -> Image.Image:
-    """`load_image` on bytes. It reads only paths so far, so the bytes go through a temporary file
-    (in memory where /dev/shm exists) to give exactly the errors a file on disk gets."""
+def _read(data: bytes) -> tuple[np.ndarray | None, str]:
+    """`read_digit`, predict's own decoding of one file, on bytes. It reads only paths, so the bytes go
+    through a temporary file (in memory where /dev/shm exists)."""
     folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.NamedTemporaryFile(dir=folder, prefix="digits-serve-") as f:
         f.write(data)
         f.flush()
-        return load_image(f.name)
+        return read_digit(f.name)
 
 
 def png_base64(digit: np.ndarray) -> str:
