@@ -362,8 +362,8 @@ def run(argv: list[str]) -> None:
         import torch
 
         torch.set_num_threads(1)  # see the module docstring: one 28x28 image per forward pass
-    # torch and Lightning leave ~10^6 long-lived objects; a full collection scanning them all stalls
-    # every request in flight for ~0.2 s. Frozen, they are never scanned again.
+    # torch and Lightning leave hundreds of thousands of long-lived objects; a full collection scanning
+    # them all stalled every request in flight for ~0.2 s (docs/serve.md). Frozen, they are never scanned again.
     gc.collect()
     gc.freeze()
     print(f"Serving {predictor.source} at {address(sock)} (the API's docs at {address(sock)}docs; Ctrl+C stops)", flush=True)
