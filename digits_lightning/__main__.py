@@ -4,7 +4,8 @@ small device may have only onnxruntime); every other command goes to the Lightni
 import sys
 
 # command -> the module whose `main(args)` runs it, without torch
-WITHOUT_TORCH: dict[str, str] = {"predict-onnx": "digits_lightning.predict_onnx"}
+# (`serve` imports torch itself, and only to serve a checkpoint rather than an exported model.)
+WITHOUT_TORCH: dict[str, str] = {"predict-onnx": "digits_lightning.predict_onnx", "serve": "digits_lightning.serve"}
 
 
 def run() -> None:

@@ -74,8 +74,9 @@ class DigitsCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
                 "description": "Train digit classifiers on MNIST and read your own digit images.",
-                "epilog": "Also: samples (a grid of training images; samples --help), export (the model as ONNX;"
-                " export --help), predict-onnx (predict from an ONNX model, without torch; predict-onnx --help).",
+                "epilog": "Also: samples (a grid of training images), export (the model as ONNX), predict-onnx"
+                " (predict from an ONNX model, without torch), serve (a page to draw on, and an HTTP API);"
+                " each takes --help.",
             },
             seed_everything_default=42,
             auto_configure_optimizers=False,
