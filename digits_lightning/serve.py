@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import swagger_ui_bundle
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -217,6 +219,7 @@ def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
         raise UserError(f"--max_upload_mb must be positive, got {max_upload_mb}")
     limit = int(max_upload_mb * 1e6)
     app = FastAPI(
+        docs_url=None,  # FastAPI's own /docs page loads Swagger UI from a CDN: served from the package below
         title="digits_lightning",
         summary="Reads a handwritten digit in an image.",
         description=f"Serving `{Path(predictor.source).name}`. Images go through the same preprocessing as `predict`.",
@@ -254,6 +257,16 @@ def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # FastAPI's docs page, with Swagger UI's files from the swagger-ui-bundle package: no network at run time.
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title}: the API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )  # fmt: skip
 
     @app.get("/api/health", summary="Whether the server is up, and which model it serves")
     async def health() -> dict[str, Any]:

@@ -243,7 +243,11 @@ def test_health_docs_and_the_page(client, checkpoint):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/png" in body
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', docs.text):  # no CDN: the docs work offline too
+        assert asset.startswith("/"), asset
+        assert client.get(asset).status_code == 200, asset
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
     # No external assets: everything the page loads comes from this server.
