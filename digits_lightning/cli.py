@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from digits_lightning.callbacks import HParams, Report, TestPictures, TrainingPictures
 from digits_lightning.checkpoints import check_model_class, read_checkpoint
 from digits_lightning.data import MNISTDataModule
+from digits_lightning.datasets import SYMBOL_SETS
 from digits_lightning.defaults import DATA_DEFAULTS
 from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu
 from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, CheckpointError, SettingError, UserError, user_error_in
@@ -180,9 +181,10 @@ class DigitsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit":  # the model learns the data set's classes and keeps their names
-            symbols = MNISTDataModule.symbol_set
+            symbols = SYMBOL_SETS[config.data.dataset]
             config.model.init_args.class_names = tuple(symbols.class_names)
             config.model.init_args.dataset_stats = tuple(symbols.stats)
+            config.model.init_args.convention = symbols.convention
         if config.trainer.enable_checkpointing is False:
             # Our --checkpoint.* callback always exists, and Lightning refuses one beside this switch:
             # switched off, it stays and saves nothing.
@@ -232,13 +234,24 @@ SPLIT = ("val_size", "split_seed")
 
 
 def _use_checkpoint_split(subcommand: str, config, checkpoint: dict, path) -> None:
-    """Validate on the split the checkpoint was trained with, never on its own training images.
+    """Validate on the split the checkpoint was trained with, never on its own training images, and
+    evaluate on the data set it learnt (another one given explicitly is refused).
 
     Where the command line leaves the split at its default, the checkpoint's is used; `validate` and a
     resumed `fit` refuse another one given explicitly. (`test` and `predict` use no split.)
     """
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     defaults = inspect.signature(MNISTDataModule).parameters
+    dataset = saved.get("dataset", "mnist")  # (checkpoints of before other symbol sets: MNIST)
+    if config.data.dataset != dataset:
+        if config.data.dataset != defaults["dataset"].default:
+            raise SettingError(
+                f"{path} was trained on data.dataset={dataset}, not {config.data.dataset}: leave data.dataset out"
+                " (the checkpoint's is used)"
+            )
+        if subcommand != "predict":
+            rank_zero_info(f"Using the checkpoint's data.dataset={dataset}")
+        config.data.dataset = dataset
     for key in SPLIT:
         if key not in saved or config.data[key] == saved[key]:
             continue

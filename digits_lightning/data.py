@@ -1,4 +1,5 @@
-"""MNIST as a LightningDataModule that serves whole batches out of in-memory tensors.
+"""MNIST (or another symbol set: `--data.dataset`) as a LightningDataModule that serves whole batches
+out of in-memory tensors.
 
 MNIST is 47 MB as uint8, so each split stays one tensor: a batch is one index-slice, and the
 conversion to float in [0, 1] and the augmentation happen on the whole batch after it reaches the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -87,13 +89,22 @@ def keep_batch(batch):
     return batch
 
 
-class MNISTDataModule(LightningDataModule):
-    """MNIST train/validation/test splits, plus the user's own images for `predict`.
+DatasetName = Literal["mnist", "fashion", "kmnist", "emnist-digits", "emnist-letters", "emnist-balanced"]
+
+
+class DigitsDataModule(LightningDataModule):
+    """A symbol set's train/validation/test splits (MNIST by default), plus the user's own images for `predict`.
 
     Args:
-        data_dir: Where MNIST lives in torchvision's layout (`<data_dir>/MNIST/raw/`), and where it is
-            downloaded to. May also be any folder that directly holds the four official `.gz`
-            archives; that folder is only read, and the archives are extracted under `cache_dir`.
+        dataset: The symbol set, read by torchvision's own class: `mnist` (MNIST), `fashion`
+            (FashionMNIST), `kmnist` (KMNIST), `emnist-digits`, `emnist-letters`, `emnist-balanced`
+            (EMNIST's splits, shown and trained upright; letters as classes a-z). The model learns its
+            class names, pixel statistics and user-image convention (`datasets.SYMBOL_SETS`). Saved in
+            checkpoints: `validate`, `test` and a resumed `fit` use the checkpoint's.
+        data_dir: Where the set lives in torchvision's layout (`<data_dir>/MNIST/raw/`,
+            `FashionMNIST/raw/`, `KMNIST/raw/`, `EMNIST/raw/`), and where it is downloaded to. May also be
+            any folder that directly holds the official archives (four `.gz` files; EMNIST's
+            `gzip.zip`); that folder is only read, and the archives are extracted under `cache_dir`.
         cache_dir: Where archives found directly in `data_dir` are extracted
             (default: `$XDG_CACHE_HOME/digits_lightning`, usually `~/.cache/digits_lightning`).
         download: Fetch missing archives from the internet.
@@ -112,6 +123,7 @@ class MNISTDataModule(LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
+        dataset: DatasetName = "mnist",
         cache_dir: str | None = None,
         download: bool = True,
         batch_size: int = 256,
@@ -130,20 +142,24 @@ class MNISTDataModule(LightningDataModule):
         ):  # fmt: skip
             if value < least:
                 raise SettingError(f"data.{name} must be at least {least}, got {value}")
+        if dataset not in SYMBOL_SETS:
+            raise SettingError(f"data.dataset must be one of {', '.join(SYMBOL_SETS)}, got {dataset!r}")
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
+        self.symbol_set = SYMBOL_SETS[dataset]
         self.files = ArchiveFolder(
-            Path(data_dir).expanduser(), Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), download
+            Path(data_dir).expanduser(), Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), download,
+            self.symbol_set,
         )
 
-    symbol_set = SYMBOL_SETS["mnist"]
+    symbol_set = SYMBOL_SETS["mnist"]  # the default; each instance has its `dataset`'s
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.symbol_set.class_names
 
     def prepare_data(self) -> None:
-        """Make the four files available (links, checksums, extraction, download) on one process."""
+        """Make the set's files available (links, checksums, extraction, download) on one process."""
         if self.trainer is not None and self.trainer.state.fn == "predict":
             return  # prediction reads the user's images only: no MNIST needed
         self.files.prepare()
@@ -167,7 +183,9 @@ class MNISTDataModule(LightningDataModule):
 
             if not self.hparams.predict_path:
                 raise DataError("predict needs images: pass --data.predict_path FILE|FOLDER|GLOB")
-            self.predict_set = ImageFiles(self.hparams.predict_path)
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            convention = (model.hparams.get("convention") if model is not None else None) or self.symbol_set.convention
+            self.predict_set = ImageFiles(self.hparams.predict_path, convention)
 
     def _loader(self, dataset: TensorBatches, shuffle: bool) -> DataLoader:
         # Seeded per epoch, and a private generator for the iterator's own seed: no loader draws from
@@ -222,3 +240,6 @@ class MNISTDataModule(LightningDataModule):
             torch.manual_seed(0)
             x = self.to_inputs(images.cpu(), augment=True)
         return x, labels.cpu()
+
+
+MNISTDataModule = DigitsDataModule  # the name of before other symbol sets: the same class

@@ -19,10 +19,11 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from digits_lightning.conventions import CONVENTIONS
 from digits_lightning.compatibility import check_schedule_fits, check_weights_fit
 from digits_lightning.datasets import DIGITS, SYMBOL_SETS
 from digits_lightning.errors import SettingError
-from digits_lightning.nets import ConvNet, DenseNet
+from digits_lightning.nets import ConvNet, DenseNet, ResNet
 
 MNIST_STATS = SYMBOL_SETS["mnist"].stats
 
@@ -38,6 +39,8 @@ class DigitClassifier(LightningModule):
         class_names: One name per class, in label order; set from the data set by the CLI.
         dataset_stats: The training pixels' mean and standard deviation, for `standard`; set from
             the data set by the CLI.
+        convention: How the data set places its glyphs in the field (`conventions.CONVENTIONS`), which
+            user images are brought to before prediction; set from the data set by the CLI.
     """
 
     name = "digits"  # folder name for checkpoints and logs
@@ -54,8 +57,11 @@ class DigitClassifier(LightningModule):
         normalize: Literal["unit", "standard"] = "standard",
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
+        convention: str = "mnist",
     ) -> None:
         super().__init__()
+        if convention not in CONVENTIONS:
+            raise SettingError(f"model.convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
         if lr <= 0:
             raise SettingError(f"model.lr must be positive, got {lr}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
@@ -194,10 +200,12 @@ class DenseClassifier(DigitClassifier):
         normalize: Literal["unit", "standard"] = "unit",
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
+        convention: str = "mnist",
     ) -> None:
         super().__init__(
-            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names, dataset_stats
-        )
+            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
+            dataset_stats, convention,
+        )  # fmt: skip
         if hidden < 1:
             raise SettingError(f"model.hidden must be at least 1, got {hidden}")
         self.save_hyperparameters()
@@ -225,10 +233,12 @@ class CNNClassifier(DigitClassifier):
         normalize: Literal["unit", "standard"] = "standard",
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
+        convention: str = "mnist",
     ) -> None:
         super().__init__(
-            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names, dataset_stats
-        )
+            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
+            dataset_stats, convention,
+        )  # fmt: skip
         if len(channels) != 2 or min(channels) < 1 or hidden < 1:
             raise SettingError(
                 f"model.channels must be two counts and model.hidden one, each at least 1, got {list(channels)} and {hidden}"
@@ -237,3 +247,42 @@ class CNNClassifier(DigitClassifier):
             raise SettingError(f"model.dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
         self.net = ConvNet(tuple(channels), hidden, len(class_names), batch_norm, dropout)
+
+
+class ResNetClassifier(DigitClassifier):
+    """A compact residual CNN (`nets.ResNet`): batch norm, a residual block or more per stage, global
+    average pooling. `channels` and `blocks` give each stage's width and number of blocks."""
+
+    name = "resnet"
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128),
+        blocks: tuple[int, ...] = (1, 1, 1),
+        stem_pool: bool = True,
+        dropout: float = 0.0,
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        one_cycle: bool = True,
+        label_smoothing: float = 0.1,
+        channels_last: bool = True,
+        compile: bool = False,
+        normalize: Literal["unit", "standard"] = "standard",
+        class_names: tuple[str, ...] = DIGITS,
+        dataset_stats: tuple[float, float] = MNIST_STATS,
+        convention: str = "mnist",
+    ) -> None:
+        super().__init__(
+            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
+            dataset_stats, convention,
+        )  # fmt: skip
+        if not channels or len(blocks) != len(channels) or min(channels) < 1 or min(blocks) < 0 or sum(blocks) < 1:
+            raise SettingError(
+                "model.channels and model.blocks must give each stage a width (at least 1) and a number of blocks"
+                f" (at least 0, one block in all), got {list(channels)} and {list(blocks)}"
+            )
+        if not 0 <= dropout < 1:
+            raise SettingError(f"model.dropout must be in [0, 1), got {dropout}")
+        self.save_hyperparameters()
+        self.net = ResNet(tuple(channels), tuple(blocks), len(class_names), dropout, stem_pool)

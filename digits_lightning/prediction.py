@@ -17,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from digits_lightning.conventions import apply as apply_convention
 from digits_lightning.cpus import usable_cpus
 from digits_lightning.image_files import PredictionError, find_images, read_digit
 from digits_lightning.preprocess import FIELD
@@ -27,7 +28,8 @@ class ImageFiles(Dataset):
     """One item per file: `{"path", "image": uint8 [28, 28], "error": ""}`; a failed file has an error
     (`kind: message`) and a black image."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, convention: str = "mnist") -> None:
+        self.convention = convention  # how the model's training set places its glyphs (conventions.py)
         paths, self.hidden = find_images(spec)
         # One numpy array rather than a list of str: workers forked from this process then share it
         # instead of copying every string they touch (reference counts write to the pages).
@@ -39,6 +41,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = str(self.paths[index])
         image, error = read_digit(path)
+        if image is not None:
+            image = apply_convention(image, self.convention)
         if image is None:
             image = np.zeros((FIELD, FIELD), np.uint8)
         return {"path": path, "image": torch.from_numpy(image), "error": error}
