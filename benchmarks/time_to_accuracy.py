@@ -2,7 +2,7 @@
 dataset x model table (test accuracy, training seconds, parameters, machine load) of docs/models.md.
 
 Each run is a real `python -m digits_lightning fit --config X [--data.dataset D]` in a fresh folder,
-with one more callback (`Clock`, below) that writes, at every validation, the seconds the fit loop
+in `<out>/<config>-run/` (its checkpoints and logs stay there), with one more callback (`Clock`, below) that writes, at every validation, the seconds the fit loop
 has run (training and validation, as "Trained N epochs in X s" counts them), the validation
 accuracy and the 1-minute load average of the machine; and after the final test (of the checkpoint
 chosen on validation), the test accuracy and the parameter count. The test split is only reported.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,14 +94,16 @@ def run(args) -> None:
             "--trainer.enable_progress_bar=false", "--trainer.callbacks+=benchmarks.time_to_accuracy.Clock",
             *([f"--data.dataset={args.dataset}"] if args.dataset else []), *args.extra,
         ]  # fmt: skip
-        with tempfile.TemporaryDirectory() as cwd:
-            env = {**os.environ, CLOCK_FILE: str(record.resolve()), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-            if args.threads:  # torch's intra-op threads (OpenMP): on a CPU other jobs share, 2 threads thrash
-                env["OMP_NUM_THREADS"] = str(args.threads)
-            load = _load()
-            done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        cwd = (out / f"{name}-run").resolve()  # its checkpoints and logs stay, for benchmarks/tta.py
+        shutil.rmtree(cwd, ignore_errors=True)
+        cwd.mkdir()
+        env = {**os.environ, CLOCK_FILE: str(record.resolve()), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        if args.threads:  # torch's intra-op threads (OpenMP): on a CPU other jobs share, 2 threads thrash
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        load = _load()
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
         data = json.loads(record.read_text())
         data.update(
             config=Path(config).name, dataset=args.dataset or "mnist", load_before=load, threads=args.threads or "default",

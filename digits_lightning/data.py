@@ -114,6 +114,8 @@ class DigitsDataModule(LightningDataModule):
         split_seed: Seed of the train/validation split (independent of the training seed).
         augment: Random distortions of the training batches (`None`: off; the CLI's default CNN
             distorts half of them, `--data.augment null` turns that off).
+        flip: Share of the training images mirrored left to right (for Fashion-MNIST, whose clothes
+            mean the same mirrored; never for glyphs, which do not).
         on_device: Keep the whole split on the accelerator, so no batch is copied during training.
         predict_path: An image file, a folder (searched recursively) or a glob, for `predict`.
         predict_batch_size: Images decoded and classified per prediction batch.
@@ -130,6 +132,7 @@ class DigitsDataModule(LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: Augment | None = None,
+        flip: float = 0.0,
         on_device: bool = True,
         predict_path: str | None = None,
         predict_batch_size: int = 256,
@@ -142,6 +145,8 @@ class DigitsDataModule(LightningDataModule):
         ):  # fmt: skip
             if value < least:
                 raise SettingError(f"data.{name} must be at least {least}, got {value}")
+        if not 0 <= flip <= 1:
+            raise SettingError(f"data.flip is a share of the images: between 0 and 1, got {flip}")
         if dataset not in SYMBOL_SETS:
             raise SettingError(f"data.dataset must be one of {', '.join(SYMBOL_SETS)}, got {dataset!r}")
         self.save_hyperparameters(ignore=["augment"])
@@ -218,6 +223,9 @@ class DigitsDataModule(LightningDataModule):
         x = images.unsqueeze(1).float().div_(255)
         if augment and self.augment is not None:
             x = self.augment(x)
+        if augment and self.hparams.flip:
+            mirrored = torch.rand(len(x), device=x.device) < self.hparams.flip
+            x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
         return x
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

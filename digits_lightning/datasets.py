@@ -38,8 +38,9 @@ SYMBOL_SETS = {
         MNIST, DIGITS, (0.1307, 0.3081),
         fix="e.g. --data.data_dir ../shared/datasets/mnist",
     ),
-    # Statistics measured on the training archives (benchmarks/dataset_stats.py); the EMNIST and
-    # KMNIST ones are the values commonly published for them (their archives are not here to measure).
+    # Fashion-MNIST's statistics are its training images' (tests/test_datasets.py checks them on
+    # Debian's archives); the EMNIST and KMNIST ones are the values commonly published for them (their
+    # archives are not here to measure; the networks' batch norm makes small errors harmless).
     "fashion": SymbolSet(
         FashionMNIST, tuple(FashionMNIST.classes), (0.2860, 0.3530), "Fashion-MNIST", convention="fashion",
         fix="e.g. apt-get install dataset-fashion-mnist, then --data.data_dir /usr/share/datasets/fashion-mnist",

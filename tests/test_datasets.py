@@ -300,3 +300,16 @@ def test_mnist_data_module_is_the_same_class():
     assert MNISTDataModule is DigitsDataModule and DigitsDataModule().symbol_set is SYMBOL_SETS["mnist"]
     with pytest.raises(Exception, match="data.dataset must be one of"):
         DigitsDataModule(dataset="cifar")
+
+
+def test_flip_mirrors_that_share_of_the_training_images_only():
+    dm = DigitsDataModule(flip=0.5)
+    images = torch.zeros(2000, 28, 28, dtype=torch.uint8)
+    images[:, :, :5] = 255  # ink on the left
+    torch.manual_seed(0)
+    x = dm.to_inputs(images, augment=True)
+    mirrored = (x[:, 0, :, -1] > 0).all(dim=1)
+    assert 0.45 < mirrored.float().mean().item() < 0.55 and torch.equal(x[mirrored], images[mirrored].unsqueeze(1).flip(-1).float() / 255)
+    assert torch.equal(dm.to_inputs(images, augment=False), images.unsqueeze(1).float() / 255)
+    with pytest.raises(Exception, match="data.flip is a share"):
+        DigitsDataModule(flip=2)
