@@ -82,6 +82,7 @@ def run(args) -> None:
     from benchmarks.hardware import describe
 
     print(describe())
+    print(f"each fit runs with torch threads {args.threads or 'default'}" + (" (OMP_NUM_THREADS)" if args.threads else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = tempfile.mkdtemp(prefix="digits-cache-")

@@ -4,7 +4,8 @@ For checkpoints of one `fit` (the best first, then e.g. earlier epochs' checkpoi
 checkpoint's own validation split and data set:
 
 - `plain`: the best checkpoint, as `test` runs it;
-- `tta`: its softmax averaged over the image and its four 1-pixel shifts;
+- `tta`: its softmax averaged over the image and its four 1-pixel shifts (and, for a model trained
+  with mirrored images, `--data.flip`, the mirror images of those five);
 - `ensemble`: the softmax averaged over the checkpoints given;
 - `ensemble+tta`: both.
 
@@ -47,13 +48,13 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probabilities(model, images: torch.Tensor, tta: bool, batch: int = 1000) -> torch.Tensor:
+def probabilities(model, images: torch.Tensor, tta: bool, mirror: bool, batch: int = 1000) -> torch.Tensor:
     out = []
+    views = [(dy, dx, m) for dy, dx in (SHIFTS if tta else SHIFTS[:1]) for m in ((False, True) if tta and mirror else (False,))]
     for start in range(0, len(images), batch):
         x = images[start : start + batch].unsqueeze(1).float().div(255)
-        views = SHIFTS if tta else SHIFTS[:1]
         with torch.autocast("cpu", torch.bfloat16, enabled=native_bf16("cpu")):  # as `test` runs on this CPU
-            p = sum(model(shifted(x, dy, dx)).float().softmax(1) for dy, dx in views) / len(views)
+            p = sum(model(shifted(x.flip(-1) if m else x, dy, dx)).float().softmax(1) for dy, dx, m in views) / len(views)
         out.append(p)
     return torch.cat(out)
 
@@ -77,7 +78,8 @@ def main() -> None:
     models = [load_classifier(path) for path in args.ckpts]
     results = {}
     for split, (images, labels) in splits.items():
-        probs = {tta: [probabilities(m, images, tta) for m in models] for tta in (False, True)}
+        mirror = bool(saved.get("flip"))
+        probs = {tta: [probabilities(m, images, tta, mirror) for m in models] for tta in (False, True)}
         variants = {
             "plain": probs[False][0], "tta": probs[True][0],
             "ensemble": sum(probs[False]) / len(models), "ensemble+tta": sum(probs[True]) / len(models),
