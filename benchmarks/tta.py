@@ -5,7 +5,7 @@ checkpoint's own validation split and data set:
 
 - `plain`: the best checkpoint, as `test` runs it;
 - `tta`: its softmax averaged over the image and its four 1-pixel shifts (and, for a model trained
-  with mirrored images, `--data.flip`, the mirror images of those five);
+  with mirrored images, `--data.flip`, the mirror images of those five): `--model.tta`;
 - `ensemble`: the softmax averaged over the checkpoints given;
 - `ensemble+tta`: both.
 
@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,26 +35,15 @@ from digits_lightning.checkpoints import load_classifier, read_checkpoint  # noq
 from digits_lightning.data import DigitsDataModule  # noqa: E402
 from digits_lightning.devices import native_bf16  # noqa: E402
 
-SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
-
-
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """`x` moved by (dy, dx) pixels, the border filled with background (0), not wrapped around."""
-    if dy == dx == 0:
-        return x
-    padded = F.pad(x, (1, 1, 1, 1))
-    return padded[..., 1 - dy : 1 - dy + x.shape[-2], 1 - dx : 1 - dx + x.shape[-1]]
-
-
 @torch.no_grad()
-def probabilities(model, images: torch.Tensor, tta: bool, mirror: bool, batch: int = 1000) -> torch.Tensor:
+def probabilities(model, images: torch.Tensor, tta: str, batch: int = 1000) -> torch.Tensor:
+    """The softmax `test` computes (`DigitClassifier.evaluate`) under the `tta` setting given."""
+    model.hparams.tta = tta
     out = []
-    views = [(dy, dx, m) for dy, dx in (SHIFTS if tta else SHIFTS[:1]) for m in ((False, True) if tta and mirror else (False,))]
     for start in range(0, len(images), batch):
         x = images[start : start + batch].unsqueeze(1).float().div(255)
         with torch.autocast("cpu", torch.bfloat16, enabled=native_bf16("cpu")):  # as `test` runs on this CPU
-            p = sum(model(shifted(x.flip(-1) if m else x, dy, dx)).float().softmax(1) for dy, dx, m in views) / len(views)
-        out.append(p)
+            out.append(model.evaluate(x).float().softmax(1))
     return torch.cat(out)
 
 
@@ -78,8 +66,8 @@ def main() -> None:
     models = [load_classifier(path) for path in args.ckpts]
     results = {}
     for split, (images, labels) in splits.items():
-        mirror = bool(saved.get("flip"))
-        probs = {tta: [probabilities(m, images, tta, mirror) for m in models] for tta in (False, True)}
+        views = "shifts+mirror" if saved.get("flip") else "shifts"
+        probs = {tta: [probabilities(m, images, views if tta else "none") for m in models] for tta in (False, True)}
         variants = {
             "plain": probs[False][0], "tta": probs[True][0],
             "ensemble": sum(probs[False]) / len(models), "ensemble+tta": sum(probs[True]) / len(models),

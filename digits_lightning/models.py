@@ -26,6 +26,23 @@ from digits_lightning.errors import SettingError
 from digits_lightning.nets import ConvNet, DenseNet, ResNet
 
 MNIST_STATS = SYMBOL_SETS["mnist"].stats
+_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+TTA_VIEWS = {  # (rows down, columns right, mirrored) of each view
+    "none": [(0, 0, False)],
+    "shifts": [(dy, dx, False) for dy, dx in _SHIFTS],
+    "shifts+mirror": [(dy, dx, m) for dy, dx in _SHIFTS for m in (False, True)],
+}
+
+
+def _view(x: torch.Tensor, dy: int, dx: int, mirror: bool) -> torch.Tensor:
+    """Images `[N, 1, 28, 28]` mirrored left to right (if asked), then moved by (dy, dx) pixels, the
+    border filled with background (0), not wrapped around."""
+    if mirror:
+        x = x.flip(-1)
+    if dy == dx == 0:
+        return x
+    padded = F.pad(x, (1, 1, 1, 1))
+    return padded[..., 1 - dy : 1 - dy + x.shape[-2], 1 - dx : 1 - dx + x.shape[-1]]
 
 
 class DigitClassifier(LightningModule):
@@ -41,6 +58,11 @@ class DigitClassifier(LightningModule):
             the data set by the CLI.
         convention: How the data set places its glyphs in the field (`conventions.CONVENTIONS`), which
             user images are brought to before prediction; set from the data set by the CLI.
+        tta: Test-time augmentation in `test` and `predict` (not in validation, which chooses the
+            checkpoint): `shifts` averages the probabilities over the image and its four 1-pixel
+            shifts, `shifts+mirror` also over their mirror images (for a model trained with
+            `--data.flip`). Adopted only where it adds validation accuracy (`benchmarks/tta.py`):
+            `configs/fashion.yaml` uses `shifts+mirror`; on MNIST it adds none.
     """
 
     name = "digits"  # folder name for checkpoints and logs
@@ -58,8 +80,11 @@ class DigitClassifier(LightningModule):
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
         convention: str = "mnist",
+        tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__()
+        if tta not in TTA_VIEWS:
+            raise SettingError(f"model.tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
         if convention not in CONVENTIONS:
             raise SettingError(f"model.convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
         if lr <= 0:
@@ -106,9 +131,18 @@ class DigitClassifier(LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self._compiled is None else self._compiled)(x)
 
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for `test` and `predict`: the model's own, or under `tta` the log of the
+        probabilities averaged over the views (a softmax of it gives those probabilities back)."""
+        views = TTA_VIEWS[self.hparams.get("tta", "none")]
+        if len(views) == 1:
+            return self(x)
+        probs = sum(self(_view(x, dy, dx, mirror)).float().softmax(dim=1) for dy, dx, mirror in views) / len(views)
+        return probs.clamp_min(1e-12).log()
+
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self(x)
+        logits = self.evaluate(x) if stage == "test" else self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         self.metrics[f"{stage}_loss"].update(loss.detach(), len(y))
@@ -143,7 +177,7 @@ class DigitClassifier(LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Class probabilities for a batch of user images (see `prediction.ImageFiles`), with the files'
         paths and errors, so that `trainer.predict` results say which file each row belongs to."""
-        probs = self(batch["image"]).float().softmax(dim=1)
+        probs = self.evaluate(batch["image"]).float().softmax(dim=1)
         return {"path": batch["path"], "error": batch["error"], "probs": probs}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -201,10 +235,11 @@ class DenseClassifier(DigitClassifier):
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
         convention: str = "mnist",
+        tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
             lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention,
+            dataset_stats, convention, tta,
         )  # fmt: skip
         if hidden < 1:
             raise SettingError(f"model.hidden must be at least 1, got {hidden}")
@@ -234,10 +269,11 @@ class CNNClassifier(DigitClassifier):
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
         convention: str = "mnist",
+        tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
             lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention,
+            dataset_stats, convention, tta,
         )  # fmt: skip
         if len(channels) != 2 or min(channels) < 1 or hidden < 1:
             raise SettingError(
@@ -272,10 +308,11 @@ class ResNetClassifier(DigitClassifier):
         class_names: tuple[str, ...] = DIGITS,
         dataset_stats: tuple[float, float] = MNIST_STATS,
         convention: str = "mnist",
+        tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
             lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention,
+            dataset_stats, convention, tta,
         )  # fmt: skip
         if not channels or len(blocks) != len(channels) or min(channels) < 1 or min(blocks) < 0 or sum(blocks) < 1:
             raise SettingError(

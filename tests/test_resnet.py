@@ -51,7 +51,7 @@ def test_the_configs_model_has_the_documented_size():
     "kwargs, words",
     [({"channels": (32, 64), "blocks": (1, 1, 1)}, "model.channels and model.blocks"),
      ({"blocks": (0, 0, 0)}, "one block in all"), ({"dropout": 1.0}, "model.dropout"),
-     ({"convention": "sideways"}, "model.convention must be one of")],
+     ({"convention": "sideways"}, "model.convention must be one of"), ({"tta": "rotations"}, "model.tta must be one of")],
 )  # fmt: skip
 def test_wrong_settings_are_named(kwargs, words):
     with pytest.raises(SettingError, match=words):
@@ -71,3 +71,24 @@ def test_fit_test_and_reload_through_the_cli(tiny_mnist, in_tmp, capsys):
     assert model.hparams.convention == "mnist" and model.hparams.class_names == tuple("0123456789")
     main(["test", "--model=ResNetClassifier", f"--data.data_dir={tiny_mnist}", "--trainer.enable_progress_bar=false"])
     assert f"Test accuracy: {accuracy:.2f}%" in capsys.readouterr().out  # the newest best of checkpoints/resnet
+
+
+def test_tta_averages_the_probabilities_of_the_views_and_is_off_by_default():
+    torch.manual_seed(0)
+    model = ResNetClassifier(channels=(8, 16, 32)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.evaluate(x), model(x))  # "none": the model's own logits
+        model.hparams.tta = "shifts+mirror"
+        probs = model.evaluate(x).softmax(dim=1)
+        moved = torch.zeros_like(x)
+        moved[..., 1:, :] = x[..., :-1, :]  # one row down, the top row background
+        views = [x, moved, x.flip(-1)]
+        assert torch.allclose(probs.sum(dim=1), torch.ones(4), atol=1e-5)
+        assert not torch.allclose(probs, model(x).softmax(dim=1))
+        from digits_lightning.models import TTA_VIEWS, _view
+
+        assert len(TTA_VIEWS["shifts+mirror"]) == 10 and torch.equal(_view(x, 1, 0, False), moved)
+        assert torch.equal(_view(x, 0, 0, True), views[2])
+        expected = sum(model(_view(x, dy, dx, m)).softmax(dim=1) for dy, dx, m in TTA_VIEWS["shifts+mirror"]) / 10
+        assert torch.allclose(probs, expected, atol=1e-6)
