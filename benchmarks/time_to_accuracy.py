@@ -93,6 +93,7 @@ def run(args) -> None:
             sys.executable, "-m", "digits_lightning", "fit", "--config", str(Path(config).resolve()),
             f"--data.data_dir={Path(args.data_dir).resolve()}", f"--data.cache_dir={cache}",
             "--trainer.enable_progress_bar=false", "--trainer.callbacks+=benchmarks.time_to_accuracy.Clock",
+            "--checkpoint.save_top_k=3",  # the three best, for a checkpoint ensemble (benchmarks/tta.py)
             *([f"--data.dataset={args.dataset}"] if args.dataset else []), *args.extra,
         ]  # fmt: skip
         cwd = (out / f"{name}-run").resolve()  # its checkpoints and logs stay, for benchmarks/tta.py
@@ -154,14 +155,15 @@ def plot(args) -> None:
 
 
 def table(args) -> None:
-    print("| dataset | config | model | parameters | epochs | best val acc | test acc | training s | load (1-min avg) during |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| dataset | config | model | parameters | epochs | best val acc | test acc | training s | torch threads | load (1-min avg) during |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for data in _read(args.records):
         best = max(data["curve"], key=lambda p: p["val_acc"])
         loads = [p["load"] for p in data["curve"]]
         print(
             f"| {data['dataset']} | `{data['config']}` | {data['model']} | {data['params']:,} | {len(data['curve'])} |"
             f" {best['val_acc']:.2%} (epoch {best['epoch']}) | {data['test_acc']:.2%} | {data['train_seconds']:.0f} |"
+            f" {data.get('threads', 'default')} |"
             f" {min(loads):.1f}-{max(loads):.1f} (mean {_mean_load(data):.1f}) |"
         )
 
