@@ -313,3 +313,35 @@ def test_flip_mirrors_that_share_of_the_training_images_only():
     assert torch.equal(dm.to_inputs(images, augment=False), images.unsqueeze(1).float() / 255)
     with pytest.raises(Exception, match="data.flip is a share"):
         DigitsDataModule(flip=2)
+
+
+def test_prediction_images_follow_the_models_convention(tmp_path):
+    from digits_lightning.prediction import ImageFiles
+
+    page = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(page).rectangle((60, 40, 100, 160), fill=0)  # a tall dark bar on white paper
+    page.save(tmp_path / "bar.png")
+    boxes = {}
+    for convention in ("mnist", "emnist", "fashion"):
+        image = ImageFiles(str(tmp_path / "bar.png"), convention)[0]["image"].numpy()
+        ys, xs = np.nonzero(image > 64)
+        boxes[convention] = (ys.max() - ys.min() + 1, (ys.min() + ys.max()) / 2)
+    assert boxes["mnist"][0] in (19, 20, 21) and boxes["emnist"][0] in (23, 24, 25) and boxes["fashion"][0] >= 27
+    assert abs(boxes["emnist"][1] - 13.5) <= 1
+
+
+def test_fashion_trains_and_predicts_class_names(fashion_official, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    main([*FIT, "--trainer.max_epochs=2", f"--data.data_dir={tmp_path / 'official'}", f"--data.cache_dir={tmp_path / 'cache'}",
+          "--data.dataset=fashion", "--data.flip=0.5"])  # fmt: skip
+    (best,) = (tmp_path / "checkpoints" / "cnn").glob("epoch=*.ckpt")
+    assert load_classifier(best).hparams.convention == "fashion"
+    page = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(page).ellipse((20, 30, 80, 70), fill=0)
+    page.save(tmp_path / "thing.png")
+    main(["predict", f"--ckpt_path={best}", f"--data.predict_path={tmp_path / 'thing.png'}",
+          "--trainer.enable_progress_bar=false", "--prediction.output=things.csv"])  # fmt: skip
+    with open(tmp_path / "things.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["label"] in FashionMNIST.classes and not row["error"]
