@@ -187,9 +187,9 @@ class ArchiveFolder:
                     )
             if len(present) < len(members) and archive.exists() and not official:
                 raise DataError(
-                    f"{archive.resolve()} is damaged or not the {self.symbols.title} archive (its MD5 is not the"
-                    f" official {md5}{self._contents_note()}). Replace it with the official archive, or delete it"
-                    " to download it again."
+                    f"{archive.resolve()} is damaged (its MD5 is not the official {md5}{self._contents_note()}),"
+                    f" or it is not the {self.symbols.title} archive. Replace it with the official archive, or delete"
+                    " it to download it again."
                 )
 
     def _contents_note(self) -> str:
