@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -125,6 +126,11 @@ def _mean_load(data: dict) -> float:
     return sum(loads) / len(loads)
 
 
+def _seed(data: dict) -> str:
+    found = re.search(r"--seed_everything[= ](\d+)", data.get("command", ""))
+    return found.group(1) if found else "42"
+
+
 def _read(paths: list[str]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
@@ -155,13 +161,13 @@ def plot(args) -> None:
 
 
 def table(args) -> None:
-    print("| dataset | config | model | parameters | epochs | best val acc | test acc | training s | torch threads | load (1-min avg) during |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| dataset | config | seed | model | parameters | epochs | best val acc | test acc | training s | torch threads | load (1-min avg) during |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for data in _read(args.records):
         best = max(data["curve"], key=lambda p: p["val_acc"])
         loads = [p["load"] for p in data["curve"]]
         print(
-            f"| {data['dataset']} | `{data['config']}` | {data['model']} | {data['params']:,} | {len(data['curve'])} |"
+            f"| {data['dataset']} | `{data['config']}` | {_seed(data)} | {data['model']} | {data['params']:,} | {len(data['curve'])} |"
             f" {best['val_acc']:.2%} (epoch {best['epoch']}) | {data['test_acc']:.2%} | {data['train_seconds']:.0f} |"
             f" {data.get('threads', 'default')} |"
             f" {min(loads):.1f}-{max(loads):.1f} (mean {_mean_load(data):.1f}) |"
