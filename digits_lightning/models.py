@@ -23,7 +23,8 @@ from digits_lightning.conventions import CONVENTIONS
 from digits_lightning.compatibility import check_schedule_fits, check_weights_fit
 from digits_lightning.datasets import DIGITS, SYMBOL_SETS
 from digits_lightning.errors import SettingError
-from digits_lightning.nets import ConvNet, DenseNet, ResNet
+from digits_lightning import nets
+from digits_lightning.nets import ConvNet, DenseNet
 
 MNIST_STATS = SYMBOL_SETS["mnist"].stats
 _SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
@@ -322,4 +323,4 @@ class ResNetClassifier(DigitClassifier):
         if not 0 <= dropout < 1:
             raise SettingError(f"model.dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
-        self.net = ResNet(tuple(channels), tuple(blocks), len(class_names), dropout, stem_pool)
+        self.net = nets.ResNet(tuple(channels), tuple(blocks), len(class_names), dropout, stem_pool)
