@@ -3,8 +3,9 @@
 `preprocess.to_mnist` makes any image an MNIST digit: white ink on black, the ink's box scaled to
 20 pixels on its longer side, the centre of mass in the middle. Other sets differ: EMNIST's glyphs
 fill about 24x24 and are centred by their box, Fashion-MNIST's products fill the whole 28 pixels
-on their longer side (centred by box). `apply` re-fits preprocess's output to a set's convention,
-so a model is fed user images the way its training images look. A model saves its convention
+on their longer side (centred by box) and keep their gray levels. `apply` re-fits preprocess's
+output to a glyph set's convention; `read` gives a file in any set's, so a model is fed user
+images the way its training images look. A model saves its convention
 (`models.DigitClassifier`, hparam `convention`); `prediction.ImageFiles` applies it.
 """
 
@@ -22,13 +23,66 @@ FIELD = 28
 class Convention:
     box: int  # the glyph's longer side, in pixels
     centre: str  # "mass": centre of mass in the middle (MNIST); "box": the bounding box in the middle
+    gray: bool = False  # gray levels kept (photographs of things), not ink made clean strokes
 
 
 CONVENTIONS = {
     "mnist": Convention(20, "mass"),  # MNIST, and KMNIST (which follows MNIST's format; unmeasured here)
     "emnist": Convention(24, "box"),
-    "fashion": Convention(28, "box"),
+    "fashion": Convention(28, "box", gray=True),
 }
+
+
+def read(path: str, convention: str) -> tuple[np.ndarray | None, str]:
+    """One user file as the model's uint8 `[28, 28]` input in `convention`, or None and the error of
+    its row. Glyphs go through the preprocessing of digits (`image_files.read_digit`) and are re-fitted;
+    `gray` sets (Fashion-MNIST's product photos) keep their gray levels: the stroke cleaning made for
+    ink would flatten a shirt's shading into a silhouette."""
+    from digits_lightning.image_files import not_a_file, read_digit
+    from digits_lightning.preprocess import ImageError, load_image
+
+    if not CONVENTIONS[convention].gray:
+        image, error = read_digit(path)
+        return (apply(image, convention) if image is not None else None), error
+    try:
+        problem = not_a_file(path)
+        if problem:
+            return None, f"unreadable: {problem}"
+        return gray_field(load_image(path), CONVENTIONS[convention]), ""
+    except ImageError as err:
+        return None, f"{err.kind}: {err}"
+    except Exception as err:  # the row says what happened
+        return None, f"failed: {type(err).__name__}: {err}"
+
+
+def gray_field(image: Image.Image, rule: Convention) -> np.ndarray:
+    """A photo of one thing -> uint8 `[28, 28]`, light on black, its gray levels kept: the thing's box
+    (where it differs from the background, read off the border) scaled to `rule.box` on its longer
+    side and centred, as Fashion-MNIST made its images."""
+    from digits_lightning.preprocess import BLANK, ImageError, grayscale
+
+    image = image.copy()
+    image.thumbnail((512, 512), Image.Resampling.BOX)
+    gray = grayscale(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:  # a dark thing on light paper: Fashion-MNIST's things are light on black
+        gray, background = 1 - gray, 1 - background
+    thing = np.clip((gray - background) / max(1 - background, 1e-6), 0, 1)
+    mask = thing > 0.08
+    if mask.sum() < 4:
+        raise ImageError("blank", BLANK)
+    ys, xs = np.nonzero(mask)
+    crop = thing[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    scale = rule.box / max(h, w)
+    size = (max(1, min(FIELD, round(w * scale))), max(1, min(FIELD, round(h * scale))))
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, Image.Resampling.LANCZOS)).clip(0, 1)
+    h, w = small.shape
+    field = np.zeros((FIELD, FIELD), np.float32)
+    top, left = (FIELD - h) // 2, (FIELD - w) // 2
+    field[top : top + h, left : left + w] = small
+    return np.round(field * 255).astype(np.uint8)
 
 
 def apply(image: np.ndarray, convention: str) -> np.ndarray:

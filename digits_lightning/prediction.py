@@ -17,9 +17,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from digits_lightning.conventions import apply as apply_convention
+from digits_lightning.conventions import read as read_for_convention
 from digits_lightning.cpus import usable_cpus
-from digits_lightning.image_files import PredictionError, find_images, read_digit
+from digits_lightning.image_files import PredictionError, find_images
 from digits_lightning.preprocess import FIELD
 from digits_lightning.results import NothingPredicted, Results
 
@@ -40,9 +40,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = str(self.paths[index])
-        image, error = read_digit(path)
-        if image is not None:
-            image = apply_convention(image, self.convention)
+        image, error = read_for_convention(path, self.convention)
         if image is None:
             image = np.zeros((FIELD, FIELD), np.uint8)
         return {"path": path, "image": torch.from_numpy(image), "error": error}

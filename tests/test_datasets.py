@@ -345,3 +345,28 @@ def test_fashion_trains_and_predicts_class_names(fashion_official, tmp_path, mon
     with open(tmp_path / "things.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["label"] in FashionMNIST.classes and not row["error"]
+
+
+def test_fashion_photos_keep_their_gray_levels(tmp_path):
+    """A product photographed dark on white comes back as Fashion-MNIST's own image: light on black,
+    its box filling the 28 pixels, its shading kept (the ink cleaning of digits would flatten it)."""
+    from digits_lightning.conventions import read
+
+    if DEBIAN_FASHION.is_dir():
+        raw = gzip.open(DEBIAN_FASHION / "t10k-images-idx3-ubyte.gz").read()[16 : 16 + 20 * 784]
+        originals = np.frombuffer(raw, np.uint8).reshape(20, 28, 28)
+    else:  # a shaded blob whose box is 28 pixels tall
+        yy, xx = np.mgrid[0:28, 0:28]
+        blob = np.clip(1 - ((yy - 13.5) / 14) ** 2 - ((xx - 13.5) / 9) ** 2, 0, 1) * (0.5 + 0.5 * xx / 27)
+        originals = np.round(blob * 255).astype(np.uint8)[None]
+    errors = []
+    for i, original in enumerate(originals):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(255 - original).resize((112, 112), Image.Resampling.BILINEAR).save(path)
+        image, error = read(str(path), "fashion")
+        assert error == "" and image.shape == (28, 28) and image.dtype == np.uint8
+        errors.append(np.abs(image.astype(float) - original).mean())
+    assert np.mean(errors) < 20  # gray levels out of 255, after a 4x enlargement and back
+    assert read(str(tmp_path / "missing.png"), "fashion")[1].startswith("unreadable")
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
+    assert read(str(tmp_path / "blank.png"), "fashion")[1].startswith("blank")
