@@ -172,7 +172,7 @@ def in_process(predictor: serve.Predictor, files: list[tuple[int, bytes]]) -> tu
     try:
         for _, data in files[:100]:
             t0 = time.perf_counter()
-            digit = serve.decode(data)
+            digit = serve.decode(data, predictor.convention)
             t1 = time.perf_counter()
             predictor.probabilities(digit)
             model.append(time.perf_counter() - t1)

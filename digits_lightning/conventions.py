@@ -6,7 +6,8 @@ fill about 24x24 and are centred by their box, Fashion-MNIST's products fill the
 on their longer side (centred by box) and keep their gray levels. `apply` re-fits preprocess's
 output to a glyph set's convention; `read` gives a file in any set's, so a model is fed user
 images the way its training images look. A model saves its convention
-(`models.DigitClassifier`, hparam `convention`); `prediction.ImageFiles` applies it.
+(`models.DigitClassifier`, hparam `convention`; an exported file, in its metadata), and `predict`,
+`predict-onnx` and `serve` apply it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from digits_lightning.image_files import read_digit
+from digits_lightning.preprocess import BLANK, ImageError, grayscale, load_image
 
 FIELD = 28
 
@@ -33,34 +37,22 @@ CONVENTIONS = {
 }
 
 
-def read(path: str, convention: str) -> tuple[np.ndarray | None, str]:
+def read(path: str, convention: str = "mnist") -> tuple[np.ndarray | None, str]:
     """One user file as the model's uint8 `[28, 28]` input in `convention`, or None and the error of
-    its row. Glyphs go through the preprocessing of digits (`image_files.read_digit`) and are re-fitted;
-    `gray` sets (Fashion-MNIST's product photos) keep their gray levels: the stroke cleaning made for
-    ink would flatten a shirt's shading into a silhouette."""
-    from digits_lightning.image_files import not_a_file, read_digit
-    from digits_lightning.preprocess import ImageError, load_image
-
-    if not CONVENTIONS[convention].gray:
-        image, error = read_digit(path)
-        return (apply(image, convention) if image is not None else None), error
-    try:
-        problem = not_a_file(path)
-        if problem:
-            return None, f"unreadable: {problem}"
-        return gray_field(load_image(path), CONVENTIONS[convention]), ""
-    except ImageError as err:
-        return None, f"{err.kind}: {err}"
-    except Exception as err:  # the row says what happened
-        return None, f"failed: {type(err).__name__}: {err}"
+    its row. Glyphs go through the preprocessing of digits and are re-fitted; `gray` sets
+    (Fashion-MNIST's product photos) keep their gray levels: the stroke cleaning made for ink would
+    flatten a shirt's shading into a silhouette."""
+    rule = CONVENTIONS[convention]
+    if rule.gray:
+        return read_digit(path, lambda file: gray_field(load_image(file), rule))
+    image, error = read_digit(path)
+    return (apply(image, convention) if image is not None else None), error
 
 
 def gray_field(image: Image.Image, rule: Convention) -> np.ndarray:
     """A photo of one thing -> uint8 `[28, 28]`, light on black, its gray levels kept: the thing's box
     (where it differs from the background, read off the border) scaled to `rule.box` on its longer
     side and centred, as Fashion-MNIST made its images."""
-    from digits_lightning.preprocess import BLANK, ImageError, grayscale
-
     image = image.copy()
     image.thumbnail((512, 512), Image.Resampling.BOX)
     gray = grayscale(image)

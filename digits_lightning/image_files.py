@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,14 @@ def not_a_file(path: str) -> str | None:
     return None
 
 
-def read_digit(path: str) -> tuple[np.ndarray | None, str]:
-    """One file as the model's 28x28 uint8 digit, or None and the error of its row (`kind: message`):
-    one file never stops a prediction run."""
+def read_digit(path: str, decode: Callable[[str], np.ndarray] = preprocess_file) -> tuple[np.ndarray | None, str]:
+    """One file as the model's 28x28 uint8 input (`decode`: the digits' preprocessing by default), or
+    None and the error of its row (`kind: message`): one file never stops a prediction run."""
     try:
         problem = not_a_file(path)
         if problem:
             return None, f"unreadable: {problem}"
-        return preprocess_file(path), ""
+        return decode(path), ""
     except ImageError as err:
         return None, f"{err.kind}: {err}"
     except Exception as err:  # the row says what happened

@@ -97,13 +97,14 @@ def confusion_matrix(counts: np.ndarray, title: str = "Confusion matrix", class_
                 color="white" if dark else ("black" if n else "0.75"),
             )  # fmt: skip
     names = [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(classes)]
-    ax.set_xticks(range(classes), names)
+    long = max(map(len, names)) > 2  # e.g. Fashion-MNIST's "Sneaker": column labels slanted, not overlapping
+    ax.set_xticks(range(classes), names, rotation=45 if long else 0, ha="left" if long else "center")
     ax.set_yticks(range(classes), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.xaxis.set_label_position("top")
     ax.xaxis.tick_top()
-    bar = fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the true digit's images")
+    bar = fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the true class's images")
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda share, _: f"{100 * share:g}%"))
     correct, total = int(np.trace(counts)), int(counts.sum())
     fig.suptitle(f"{title}: {correct:,} of {total:,} right ({100 * correct / max(total, 1):.2f}%)")
@@ -125,6 +126,7 @@ def misclassified_grid(
         fig.text(0.5, 0.4, "No mistakes to show.", ha="center", va="center", fontsize=12)
         return fig
     title += f"; the {len(images)} most confident mistakes,\nas true → predicted (probability of the prediction)"
+    true, predicted = [_short(t) for t in true], [_short(p) for p in predicted]
     captions = [
         f"{t} → {p} ({100 * float(c):.0f}%)" if c < 0.995 else f"{t} → {p} (>99%)"
         for t, p, c in zip(true, predicted, confidence)
@@ -175,6 +177,12 @@ def prediction_sheet(rows: list[tuple], total: int, columns: int = 4, side: int 
     return fig
 
 
+def _short(name, width: int = 5) -> str:
+    """A class name that fits above a 28x28 image beside another one ("Sneaker" -> "Snea.")."""
+    name = str(name)
+    return name if len(name) <= width else name[: width - 1] + "."
+
+
 def render(fig: Figure) -> np.ndarray:
     """The figure's pixels, RGB uint8 `[height, width, 3]` (width = inches × DPI)."""
     canvas = FigureCanvasAgg(fig)
@@ -193,8 +201,10 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
 def _image_grid(images, captions: list[str], title: str, caption_colour: str = "black", title_lines: int = 1) -> Figure:
     """The images, COLUMNS to a row, each under its caption, pasted into one picture.
 
-    One axes for the whole grid rather than one per digit: it renders ten times faster.
+    One axes for the whole grid rather than one per digit: it renders ten times faster. Captions
+    longer than a digit's "7 → 1 (93%)" get a smaller font, so that neighbours do not overlap.
     """
+    size = 10 if max(map(len, captions), default=0) <= 14 else 7
     images = np.asarray(images, dtype=np.float32)
     images = images[:, 0] if images.ndim == 4 else images
     n, h, w = images.shape
@@ -214,6 +224,6 @@ def _image_grid(images, captions: list[str], title: str, caption_colour: str = "
     ax.imshow(mosaic, cmap=gray, vmin=float(images.min()), vmax=float(images.max()), interpolation="nearest")
     for i, caption in enumerate(captions):
         x, y = (i % COLUMNS) * cell_w + cell_w / 2, (i // COLUMNS) * cell_h + CAPTION - 1
-        ax.text(x, y, caption, ha="center", va="bottom", fontsize=10, color=caption_colour)
+        ax.text(x, y, caption, ha="center", va="bottom", fontsize=size, color=caption_colour)
     fig.suptitle(title, y=1 - 6 / DPI / fig.get_figheight(), va="top")
     return fig

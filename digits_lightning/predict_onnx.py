@@ -1,7 +1,7 @@
 """`python -m digits_lightning predict-onnx`: `predict` from an exported model, without torch or Lightning.
 
 The same experience as `predict`: a file, a folder or a glob in (`image_files.find_images`); each
-file decoded as `predict` decodes it (`preprocess.preprocess_file`), in a few processes when there
+file decoded as `predict` decodes it (`conventions.read`, in the model's convention), in a few processes when there
 are several batches; the same CSV, JSON Lines, contact sheet and summary out (`results.Results`);
 the same error rows, one-line errors (exit status 2) and exit status 3 when no file could be read.
 It needs onnxruntime, numpy and Pillow; matplotlib only for `--prediction.sheet`.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import multiprocessing
 import sys
@@ -22,7 +23,8 @@ import numpy as np
 
 from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, UserError
 from digits_lightning.cpus import usable_cpus
-from digits_lightning.image_files import find_images, read_digit
+from digits_lightning import conventions
+from digits_lightning.image_files import find_images
 from digits_lightning.onnx_runtime import OnnxClassifier
 from digits_lightning.preprocess import FIELD
 from digits_lightning.results import NothingPredicted, Results
@@ -87,9 +89,10 @@ def decoders(workers: int):
     return multiprocessing.get_context("fork").Pool(workers)
 
 
-def decoded(paths: list[str], pool) -> Iterator[tuple[str, np.ndarray | None, str]]:
-    """The files decoded, in order."""
-    results = map(read_digit, paths) if pool is None else pool.imap(read_digit, paths, chunksize=16)
+def decoded(paths: list[str], pool, convention: str) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """The files decoded into the model's convention, in order."""
+    read = functools.partial(conventions.read, convention=convention)
+    results = map(read, paths) if pool is None else pool.imap(read, paths, chunksize=16)
     yield from ((path, *result) for path, result in zip(paths, results))
 
 
@@ -116,7 +119,7 @@ def run(args: list[str]) -> Results:
         results.open(model.class_names)
         try:
             batch: list[tuple[str, np.ndarray | None, str]] = []
-            for item in decoded(paths, pool):
+            for item in decoded(paths, pool, model.convention):
                 batch.append(item)
                 if len(batch) == config.batch_size:
                     _predict(model, batch, results)

@@ -2,7 +2,7 @@
 checkpoint (run by torch) or one model written by `export` (run by onnxruntime, without torch).
 
 The page (`static/`) and the API share one path: the bytes of an image go through the same
-decoding as `predict`'s files (`image_files.read_digit`), so a drawing, an uploaded file and a CSV row
+decoding as `predict`'s files (`conventions.read`, in the model's convention), so a drawing, an uploaded file and a CSV row
 agree, and an image that cannot become a digit gets the same error kind and message as the
 CSV's `error` column. The server must survive anything a client sends: uploads are cut off at a
 size limit before they are held in memory, and every error is a JSON body with a message.
@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digits_lightning.cpus import usable_cpus
 from digits_lightning.errors import EXIT_USER_ERROR, UserError
-from digits_lightning.image_files import read_digit
+from digits_lightning import conventions
 from digits_lightning.preprocess import ImageError
 
 STATIC = Path(__file__).parent / "static"
@@ -75,8 +75,12 @@ class Predictor:
 
     `run` takes uint8 `[N, 28, 28]` digits, white ink on black, and gives `[N, classes]` probabilities."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], model: str, source: str) -> None:
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], model: str, source: str,
+        convention: str = "mnist",
+    ) -> None:  # fmt: skip
         self._run, self.class_names, self.model, self.source = run, class_names, model, source
+        self.convention = convention  # how a file becomes the model's input (`conventions.read`)
         self._lock = threading.Lock()  # one forward pass at a time: a model is not ours to share between threads
 
     def probabilities(self, digit: np.ndarray) -> np.ndarray:
@@ -98,9 +102,10 @@ def load_checkpoint(path: str | Path) -> Predictor:
     def run(digits: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(digits).float().div_(255).unsqueeze(1)  # the model normalises [0, 1] images itself
         with torch.inference_mode():
-            return model(x).double().softmax(dim=1).numpy()
+            return model.evaluate(x).double().softmax(dim=1).numpy()  # (with its test-time augmentation, if any)
 
-    return Predictor(run, list(model.hparams.class_names), type(model).__name__, str(path))
+    convention = model.hparams.get("convention", "mnist")
+    return Predictor(run, list(model.hparams.class_names), type(model).__name__, str(path), convention)
 
 
 def load_onnx(path: str | Path) -> Predictor:
@@ -108,27 +113,27 @@ def load_onnx(path: str | Path) -> Predictor:
     from digits_lightning.onnx_runtime import OnnxClassifier
 
     model = OnnxClassifier(path, threads=1)
-    return Predictor(model.probabilities, list(model.class_names), "ONNX (onnxruntime)", str(path))
+    return Predictor(model.probabilities, list(model.class_names), "ONNX (onnxruntime)", str(path), model.convention)
 
 
-def decode(data: bytes) -> np.ndarray:
+def decode(data: bytes, convention: str = "mnist") -> np.ndarray:
     """The bytes of an image file -> the model's uint8 `[28, 28]`; else an `ImageError` with the kind
     and message of the error column predict's CSV would have for the same file (`kind: message`)."""
-    digit, error = _read(data)
+    digit, error = _read(data, convention)
     if error:
         kind, _, message = error.partition(": ")
         raise ImageError(kind, message)
     return digit
 
 
-def _read(data: bytes) -> tuple[np.ndarray | None, str]:
-    """`read_digit`, predict's own decoding of one file, on bytes. It reads only paths, so the bytes go
+def _read(data: bytes, convention: str) -> tuple[np.ndarray | None, str]:
+    """`conventions.read`, predict's own decoding of one file, on bytes. It reads only paths, so the bytes go
     through a temporary file (in memory where /dev/shm exists)."""
     folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.NamedTemporaryFile(dir=folder, prefix="digits-serve-") as f:
         f.write(data)
         f.flush()
-        return read_digit(f.name)
+        return conventions.read(f.name, convention)
 
 
 def png_base64(digit: np.ndarray) -> str:
@@ -139,7 +144,7 @@ def png_base64(digit: np.ndarray) -> str:
 
 def predict_bytes(predictor: Predictor, data: bytes) -> dict[str, Any]:
     """The whole prediction for one uploaded file, as the API returns it."""
-    digit = decode(data)
+    digit = decode(data, predictor.convention)
     probs = predictor.probabilities(digit)
     best = int(probs.argmax())
     return {
