@@ -18,6 +18,7 @@ model applies its own normalisation).
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -41,23 +42,27 @@ class ImageError(ValueError):
         self.kind = kind
 
 
-def load_image(path: str | Path, mode: str = "L") -> Image.Image:
-    """The file's first frame, upright (EXIF), as Pillow decoded it; an `ImageError` for anything else.
+def load_image(source: str | Path | bytes, mode: str = "L") -> Image.Image:
+    """The image's first frame, upright (EXIF), as Pillow decoded it; an `ImageError` for anything else.
 
+    `source` is a path, or the file's content as `bytes` (an upload), which gets the same errors.
     A JPEG is decoded straight to `mode` ("L" for the digit, "RGB" to show it) at a reduced size.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise ImageError("unreadable", f"cannot read the file ({err.strerror or err}): check it exists and is readable")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        size, source = len(source), io.BytesIO(source)
+    else:
+        source = Path(source)
+        try:
+            size = source.stat().st_size
+        except OSError as err:
+            raise ImageError("unreadable", f"cannot read the file ({err.strerror or err}): check it exists and is readable")
     if size == 0:
         raise ImageError("empty", "the file is empty (0 bytes): re-save or re-export the image")
     try:
         with warnings.catch_warnings():
             # Our own limit below, not Pillow's warning at 89.5 MP (which would refuse 90-100 MP images).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{width}x{height} pixels")

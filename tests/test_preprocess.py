@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from digits_lightning.preprocess import MAX_PIXELS, ImageError, preprocess_file, to_mnist
+from digits_lightning.preprocess import MAX_PIXELS, ImageError, load_image, preprocess_file, to_mnist
 from tests.helpers import draw, mnist_convention, render_digits, transparent
 
 
@@ -401,3 +401,21 @@ def test_missing_file_is_unreadable(tmp_path):
     with pytest.raises(ImageError) as err:
         preprocess_file(tmp_path / "nowhere.png")
     assert err.value.kind == "unreadable" and "exists" in str(err.value)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_uploaded_bytes_raise_the_same_errors_as_files(case, tmp_path):
+    write, kind, _ = BAD[case]
+    path = tmp_path / "file"
+    write(path)
+    with pytest.raises(ImageError) as err:
+        to_mnist(load_image(path.read_bytes()))
+    assert err.value.kind == kind
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_uploaded_bytes_read_as_the_file_does(tmp_path, suffix):
+    path = tmp_path / f"upload{suffix}"
+    draw("4", size=300).convert("RGB").save(path)
+    assert np.array_equal(to_mnist(load_image(path.read_bytes())), preprocess_file(path))
+    assert np.array_equal(to_mnist(load_image(bytearray(path.read_bytes()))), preprocess_file(path))
