@@ -29,7 +29,7 @@ MAX_PIXELS = 100_000_000  # larger images are refused: a 12-50 MP photo is fine,
 WORK_SIZE = 512  # images are reduced to at most this many pixels a side before any analysis
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
-MIN_CONTRAST = 0.08  # ink must differ from the paper by this share of the full gray range
+MIN_CONTRAST = 0.03  # ink must differ from the paper by this share of the full gray range (8 of 255 levels)
 DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16-bit, 32-bit and float images
 BLANK = "no digit found: the image is blank or has too little contrast"
 
@@ -114,10 +114,14 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     gray = grayscale(image)
     light = gray > _otsu(gray)
     rows, cols = _page(light)
-    # Dark ink on light paper, the usual case, is inverted: the image is mostly light, or a sheet of
-    # light paper fills most of it (a photo showing the table around it; then only the sheet is kept).
+    # Dark ink on light paper, the usual case, is inverted: the paper is what the image's edges show
+    # (a bold digit cropped tight may hold more ink than paper), or, where the edges are mixed, what
+    # most of the image is; or a sheet of light paper fills most of it (a photo showing the table
+    # around it; then only the sheet is kept).
     sheet = light[rows, cols]
-    if light.mean() > 0.5 or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
+    edges = float(np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean())
+    mostly = edges >= 0.65 or (edges > 0.35 and light.mean() > 0.5)
+    if mostly or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
         gray = 1 - gray[rows, cols]
     ink = _unrule(_ink(gray))
     box = _crop(ink)
@@ -133,16 +137,20 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     """Ink strength in [0, 1] (0 paper, 1 the strongest ink) of bright ink on darker paper, whatever the lighting."""
     residual = gray - _background(gray)
     ink = np.clip(residual, 0, None)
-    # Paper texture and noise: cut off at the paper's own spread, measured where there is no ink
-    # (before clipping: clipped to 0, the half of the paper below its level would look noiseless).
+    # The paper's level and noise, from the pixels below Otsu's threshold. The noise is measured on
+    # the side of the level away from the ink: the soft edges of strokes (a blurry upscale has wide
+    # ones) lie above it and would pass for noise, and be cut off with it.
     threshold = _otsu(ink)
     paper, strokes = residual[ink <= threshold], ink[ink > threshold]
     paper = paper[:: max(1, paper.size // 4096)]  # a sample of the paper measures its spread well enough
-    median = float(np.median(paper)) if paper.size else 0.0
-    noise = 1.4826 * float(np.median(np.abs(paper - median))) if paper.size else 0.0
-    low = min(median + 3 * noise, threshold)
+    level = float(np.median(paper)) if paper.size else 0.0
+    below = level - paper[paper < level]
+    noise = 1.4826 * float(np.median(below)) if below.size else 0.0
+    low = min(max(level, 0.0) + 3 * noise, threshold)
     high = float(np.percentile(strokes, 90)) if strokes.size >= 2 else low
-    if high - low < MIN_CONTRAST:
+    # Blank: no ink clearly above the paper's noise. A clean digital drawing has no noise, so a faint
+    # pen there counts from a few gray levels up.
+    if high - low < max(MIN_CONTRAST, 3 * noise):
         raise ImageError("blank", BLANK)
     return np.clip((ink - low) / (high - low), 0, 1)
 
@@ -172,17 +180,27 @@ def _page(light: np.ndarray) -> tuple[slice, slice]:
 
 
 def _unrule(ink: np.ndarray) -> np.ndarray:
-    """Erases the lines of ruled or squared paper: rows (and columns) inked across nearly the whole
-    image, where there are at least two such lines (a single one may be a digit's bar, cropped tight)."""
+    """Erases the lines of ruled or squared paper: thin bands of rows (and columns) inked across
+    nearly the whole image, with much less ink just beside them, where there are at least two such
+    lines (a single one may be a digit's bar, cropped tight; a bold digit cropped tight has rows
+    inked across it too, but inked about as much beside them)."""
     for axis in (1, 0):  # rows, then columns
-        full = (ink > 0).mean(axis=axis) >= 0.9
-        lines = int(full[0]) + int(np.count_nonzero(full[1:] & ~full[:-1]))
-        if lines >= 2:
+        cover = (ink > 0).mean(axis=axis)
+        full = cover >= 0.9
+        starts = np.flatnonzero(full & ~np.concatenate([[False], full[:-1]]))
+        ends = np.flatnonzero(full & ~np.concatenate([full[1:], [False]])) + 1
+        lines = np.zeros_like(full)
+        for a, b in zip(starts, ends):
+            gap = max(2, b - a)
+            beside = [cover[i] for i in (a - gap, b - 1 + gap) if 0 <= i < len(cover)]
+            if beside and max(beside) < 0.5:
+                lines[a:b] = True
+        if np.count_nonzero(lines & ~np.concatenate([[False], lines[:-1]])) >= 2:
             ink = ink.copy()
             if axis == 1:
-                ink[full] = 0
+                ink[lines] = 0
             else:
-                ink[:, full] = 0
+                ink[:, lines] = 0
     return ink
 
 
@@ -197,18 +215,28 @@ def _background(gray: np.ndarray) -> np.ndarray:
     cell = max(1, min(h, w) // 16)
     if cell < 2:  # MNIST-sized already: too small for uneven lighting to matter
         return np.float32(gray.min())
+    # Evenly lit, the usual case, gets one level for the whole image, so no ink is ever taken for
+    # paper. It is told by an opening over cells wider than the strokes (a bold digit cropped tight
+    # has strokes a quarter of the image wide, which an opening over finer cells keeps as paper).
+    # The cells' averages still hold some ink where strokes are close together, so "evenly" is
+    # judged against the ink's contrast: a shadow darkens paper by a good share of it.
+    threshold = _otsu(gray)
+    sample = gray[::3, ::3].ravel()
+    ink, paper = sample[sample > threshold], sample[sample <= threshold]
+    if not ink.size or not paper.size:
+        return np.float32(np.median(sample))
+    contrast = float(np.median(ink) - np.median(paper))
+    width = _stroke_width(gray > threshold)
+    wide = min(max(cell, round(1.5 * width)), min(h, w) // 3)
+    opened = _opened(gray, wide)
+    if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
+        return np.float32(np.median(paper))
     grid = (max(1, w // cell), max(1, h // cell))
 
     def coarse(values: np.ndarray) -> Image.Image:
         return Image.fromarray(values.astype(np.float32), "F").resize(grid, Image.Resampling.BOX)
 
-    # Padded with the paper's typical level, so that strokes running into the edge of a tightly
-    # cropped digit are found as ink, not taken for a dark (here: bright) band of paper.
-    cells = np.pad(np.asarray(coarse(gray)), 1, constant_values=float(np.median(gray[::3, ::3])))
-    opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-    opened = np.asarray(opened)[1:-1, 1:-1]
-    if float(opened.max() - opened.min()) < 0.05:
-        return np.float32(np.median(opened))  # evenly lit, the usual case: one level for the whole image
+    opened = _opened(gray, cell)
     first = np.asarray(Image.fromarray(opened, "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
     flat = gray - first
     paper = (flat <= 0.5 * _otsu(np.clip(flat, 0, None))).astype(np.float32)  # strokes and their soft edges out
@@ -219,6 +247,20 @@ def _background(gray: np.ndarray) -> np.ndarray:
         total, weight = _blur3(total), _blur3(weight)
     level = Image.fromarray(total / np.maximum(weight, 1e-6), "F")
     return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _opened(gray: np.ndarray, cell: int) -> np.ndarray:
+    """An opening (3x3-cell minimum then maximum) of the image's averages over cells of `cell` pixels."""
+    h, w = gray.shape
+    cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((max(1, w // cell), max(1, h // cell)), Image.Resampling.BOX)
+    # Padded with the paper's typical level (of the pixels darker than Otsu's threshold: a bold digit
+    # cropped tight can be half ink), so that strokes running into the edge of a tightly cropped
+    # digit are found as ink, not taken for a dark (here: bright) band of paper.
+    sample = gray[::3, ::3]
+    paper = sample[sample <= _otsu(sample)]
+    cells = np.pad(np.asarray(cells), 1, constant_values=float(np.median(paper)) if paper.size else 0.0)
+    opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    return np.asarray(opened)[1:-1, 1:-1]
 
 
 def _blur3(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,423 @@
+"""Field test: image files the way people's digits arrive, made from MNIST, one family per difficulty.
+
+Each family holds real files (PNG or JPEG) made from MNIST digits the model never trained on:
+`--split val` builds them from the validation split held out of training (split seed 0, 5,000
+digits: what preprocessing choices are made on), `--split test` from the test set (what is
+reported). Every file is scored three ways with the same checkpoint:
+
+  ours   `digits_lightning.preprocess.preprocess_file`
+  plain  the plain MNIST recipe (`plain_recipe` below, a few lines)
+  naive  the reference systems' resize: grayscale, invert, resize to 28x28
+
+    python benchmarks/field_corpus.py --data_dir ../shared/datasets/mnist --ckpt_path model.ckpt --split val
+    python benchmarks/field_corpus.py --data_dir ../shared/datasets/mnist --split test   # trains a default CNN first
+
+It prints the per-family accuracy table (docs/field_test.md holds the test split's) and the cost
+of `preprocess_file` in ms per file on one core. The files are written once into --corpus_dir
+and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.hardware import describe  # noqa: E402
+from digits_lightning.data import MNISTDataModule  # noqa: E402
+from digits_lightning.preprocess import grayscale, load_image, preprocess_file  # noqa: E402
+
+# -- the files -------------------------------------------------------------------------------------
+
+
+def resized(values: np.ndarray, width: int, height: int, how=Image.Resampling.BILINEAR) -> np.ndarray:
+    return np.asarray(Image.fromarray(values.astype(np.float32), "F").resize((width, height), how), dtype=np.float32)
+
+
+def ink_box(ink: np.ndarray, level: float = 0.1) -> np.ndarray:
+    ys, xs = np.nonzero(ink > level)
+    return ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def square(ink: np.ndarray) -> np.ndarray:
+    """Padded with empty space to a square, the digit in the middle."""
+    h, w = ink.shape
+    side = max(h, w)
+    out = np.zeros((side, side), np.float32)
+    out[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = ink
+    return out
+
+
+def on_canvas(ink: np.ndarray, rng: np.random.Generator, room: tuple[float, float] = (1.2, 1.8)) -> np.ndarray:
+    """`ink` (0-1) placed at a random spot of a larger empty canvas."""
+    h, w = ink.shape
+    ch, cw = int(h * rng.uniform(*room)), int(w * rng.uniform(*room))
+    out = np.zeros((ch, cw), np.float32)
+    top, left = int(rng.integers(0, ch - h + 1)), int(rng.integers(0, cw - w + 1))
+    out[top : top + h, left : left + w] = ink
+    return out
+
+
+def print_on(ink: np.ndarray, paper: float, pen: float, rng: np.random.Generator, noise: float = 3.0) -> np.ndarray:
+    """Gray levels 0-255 of ink strength `ink` (0-1) in a pen of level `pen` on paper of level `paper`."""
+    page = paper + (pen - paper) * ink + rng.normal(0, noise, ink.shape)
+    return np.clip(page, 0, 255).astype(np.uint8)
+
+
+def noisy(levels: np.ndarray, rng: np.random.Generator, noise: float = 3.0) -> np.ndarray:
+    return np.clip(levels + rng.normal(0, noise, levels.shape), 0, 255).astype(np.uint8)
+
+
+def upscaled(digit: np.ndarray, rng: np.random.Generator, lo: int = 56, hi: int = 141) -> np.ndarray:
+    side = int(rng.integers(lo, hi))
+    return resized(digit / 255, side, side).clip(0, 1)
+
+
+def bold(digit, rng):
+    """Strokes dilated by 1-3 px at three times MNIST's resolution (1.3-1.8x MNIST's width), cropped tight."""
+    big = resized(digit / 255, 84, 84).clip(0, 1)
+    r = int(rng.integers(1, 4))
+    big = np.asarray(Image.fromarray(big, "F").filter(ImageFilter.MaxFilter(2 * r + 1)))
+    box = ink_box(big, 0.3)
+    scale = rng.uniform(1.0, 3.0)
+    box = resized(box, round(box.shape[1] * scale), round(box.shape[0] * scale)).clip(0, 1)
+    return Image.fromarray(print_on(box, rng.uniform(200, 255), rng.uniform(0, 60), rng)), ".png"
+
+
+def low_resolution(side: int):
+    def render(digit, rng):
+        """The digit's box, squared, reduced to side x side, then upscaled 4-12x with bilinear interpolation."""
+        small = resized(square(ink_box(digit / 255)), side, side, Image.Resampling.BOX)
+        k = int(rng.integers(4, 13))
+        big = resized(small, side * k, side * k).clip(0, 1)
+        return Image.fromarray(print_on(big, rng.uniform(210, 255), rng.uniform(0, 50), rng, 2)), ".png"
+
+    render.__doc__ = f"Reduced to {side}x{side}, upscaled 4-12x (bilinear)."
+    return render
+
+
+def stretched(digit, rng):
+    """Binarised and stretched to fill a 16x16 square, stored at 1-6x that size (nearest neighbour)."""
+    small = resized(ink_box(digit / 255, 0.3), 16, 16) > 0.5
+    k = int(rng.integers(1, 7))
+    big = np.kron(small, np.ones((k, k), bool))
+    image = Image.fromarray(np.where(big, 0, 255).astype(np.uint8))
+    return (image.convert("1") if rng.random() < 0.5 else image), ".png"
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a boolean image to lines one pixel wide."""
+    m = np.pad(mask, 1).astype(np.uint8)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = [np.roll(np.roll(m, -dy, 0), -dx, 1) for dy, dx in
+                 ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))]  # fmt: skip
+            neighbours = sum(p)
+            transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)) for i in range(8))
+            if step == 0:
+                cond = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
+            else:
+                cond = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
+            remove = (m == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & cond
+            if remove.any():
+                m[remove] = 0
+                changed = True
+        if not changed:
+            return m[1:-1, 1:-1].astype(bool)
+
+
+def faint(digit, rng):
+    """A 28x28 drawing with a thin (1 px) light-gray pen on white, as in a paint program."""
+    line = skeleton(digit > 127).astype(np.float32)
+    if rng.random() < 0.5:  # an anti-aliasing brush
+        padded = np.pad(line, 1)
+        blurred = sum(padded[i : i + 28, j : j + 28] for i in range(3) for j in range(3)) / 9
+        line = np.maximum(line, blurred)
+    line = np.roll(line, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), (0, 1))
+    return Image.fromarray(print_on(line.clip(0, 1), 255, rng.uniform(90, 200), rng, 0)), ".png"
+
+
+def lighting(digit, rng):
+    """Dark ink on paper lit unevenly: a gradient across the sheet, and half of them a soft shadow."""
+    page = on_canvas(upscaled(digit, rng, 60, 161), rng, (1.3, 2.2))
+    h, w = page.shape
+    reflect = 0.92 - (0.92 - rng.uniform(0.05, 0.25)) * page  # paper reflects most light, ink little
+    ys, xs = np.mgrid[0:h, 0:w] / max(h, w)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (np.cos(angle) * xs + np.sin(angle) * ys)
+    along = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+    light = 1 - rng.uniform(0.25, 0.55) * along
+    if rng.random() < 0.5:
+        a2, cut = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.7)
+        side = (np.cos(a2) * (xs - 0.5 * w / max(h, w)) + np.sin(a2) * (ys - 0.5 * h / max(h, w))) > cut - 0.5
+        edge = ImageFilter.GaussianBlur(rng.uniform(2, 10))
+        shade = np.asarray(Image.fromarray((255 * side).astype(np.uint8)).filter(edge), np.float32) / 255
+        light = light * (1 - rng.uniform(0.3, 0.55) * shade)
+    return Image.fromarray(noisy(255 * reflect * light, rng)), ".png"
+
+
+def ruled(digit, rng):
+    """Dark ink on ruled (lines) or squared (grid) paper."""
+    ink = upscaled(digit, rng, 50, 131)
+    page = on_canvas(ink, rng, (1.3, 2.0))
+    h, w = page.shape
+    gap = int(rng.integers(max(8, ink.shape[0] // 4), max(9, ink.shape[0] // 2)))
+    width, level = int(rng.integers(1, 3)), rng.uniform(0.2, 0.5)
+    lines = np.zeros_like(page)
+    offset = int(rng.integers(0, gap))
+    for y in range(offset, h, gap):
+        lines[y : y + width] = level
+    if rng.random() < 0.5:  # squared paper
+        for x in range(int(rng.integers(0, gap)), w, gap):
+            lines[:, x : x + width] = level
+    pen = rng.uniform(0, 60) / 255
+    paper = rng.uniform(225, 255) / 255
+    gray = paper * (1 - lines)  # the rules are printed on the paper; the ink covers them
+    gray = gray + (pen - gray) * page
+    return Image.fromarray(noisy(255 * gray, rng, 2)), ".png"
+
+
+def light_on_dark(digit, rng):
+    """Light ink (chalk, a drawing app's white pen) on a dark background."""
+    page = on_canvas(upscaled(digit, rng), rng)
+    return Image.fromarray(print_on(page, rng.uniform(0, 80), rng.uniform(170, 255), rng, 5)), ".png"
+
+
+def jpeg(digit, rng):
+    """Dark ink on light paper, saved as JPEG at quality 60-90 (gray or colour)."""
+    page = print_on(on_canvas(upscaled(digit, rng, 40, 141), rng), rng.uniform(200, 255), rng.uniform(0, 70), rng)
+    image = Image.fromarray(page)
+    buffer = io.BytesIO()
+    (image.convert("RGB") if rng.random() < 0.5 else image).save(buffer, "JPEG", quality=int(rng.integers(60, 91)))
+    return buffer.getvalue(), ".jpg"
+
+
+INKS = [(20, 40, 160), (30, 70, 200), (180, 20, 30), (20, 120, 40), (90, 30, 130), (40, 40, 40)]
+PAPERS = [(255, 255, 255), (252, 248, 230), (240, 245, 255), (255, 250, 205)]
+
+
+def coloured(digit, rng):
+    """RGB: a coloured pen on white or tinted paper."""
+    page = on_canvas(upscaled(digit, rng), rng)[..., None]
+    ink = np.array(INKS[int(rng.integers(len(INKS)))], np.float32) * rng.uniform(0.7, 1.2)
+    paper = np.array(PAPERS[int(rng.integers(len(PAPERS)))], np.float32)
+    rgb = paper + (ink - paper) * page + rng.normal(0, 3, page.shape[:2])[..., None]
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), ".png"
+
+
+FAMILIES = {
+    "bold": bold,
+    "low-res 16x16": low_resolution(16),
+    "low-res 8x8": low_resolution(8),
+    "stretched 16x16 binary": stretched,
+    "faint thin 28x28": faint,
+    "uneven lighting": lighting,
+    "ruled/squared paper": ruled,
+    "light on dark": light_on_dark,
+    "JPEG q60-90": jpeg,
+    "coloured ink (RGB)": coloured,
+}
+SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
+
+
+def build(folder: Path, images: np.ndarray, labels: np.ndarray, per_family: int, seed: int) -> dict[str, list[Path]]:
+    """The corpus in `folder/<family>/`; each family gets its own digits (consecutive blocks of a shuffle)."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    if per_family * len(FAMILIES) > len(order):
+        raise SystemExit(f"--per_family {per_family} x {len(FAMILIES)} families is more than the {len(order)} digits")
+    files = {}
+    for f, (name, render) in enumerate(FAMILIES.items()):
+        sub = folder / SLUG[name]
+        done = sub / ".complete"
+        if not done.exists():
+            sub.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng([seed, f])
+            for i in order[f * per_family : (f + 1) * per_family]:
+                image, suffix = render(images[i], rng)
+                path = sub / f"{i:05d}_{labels[i]}{suffix}"
+                if isinstance(image, bytes):
+                    path.write_bytes(image)
+                else:
+                    image.save(path)
+            done.touch()
+        files[name] = sorted(p for p in sub.iterdir() if not p.name.startswith("."))
+    return files
+
+
+# -- the recipes compared ----------------------------------------------------------------------------
+
+
+def plain_recipe(path: Path) -> np.ndarray:
+    """The plain MNIST recipe: grayscale, invert (dark ink on light paper: a light border),
+    subtract the median background and stretch, Otsu threshold, crop to the ink's bounding box,
+    Lanczos resize of the longer side to 20 px, paste into 28x28 by centre of mass."""
+    gray = grayscale(load_image(path))
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:  # light paper
+        gray = 1 - gray
+    ink = np.clip(gray - np.median(gray), 0, None)
+    ink = ink / max(float(ink.max()), 1e-6)
+    ink = np.where(ink > otsu(ink), ink, 0)
+    ys, xs = np.nonzero(ink)
+    if not len(ys):
+        return np.zeros((28, 28), np.uint8)
+    box = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    scale = 20 / max(box.shape)
+    size = (max(1, round(box.shape[1] * scale)), max(1, round(box.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(box.astype(np.float32), "F").resize(size, Image.Resampling.LANCZOS)).clip(0, 1)
+    small = small / max(float(small.max()), 1e-6)
+    h, w = small.shape
+    cy = (small.sum(axis=1) * np.arange(h)).sum() / small.sum()
+    cx = (small.sum(axis=0) * np.arange(w)).sum() / small.sum()
+    top, left = min(max(round(14 - cy), 0), 28 - h), min(max(round(14 - cx), 0), 28 - w)
+    field = np.zeros((28, 28), np.float32)
+    field[top : top + h, left : left + w] = small
+    return np.round(field * 255).astype(np.uint8)
+
+
+def otsu(values: np.ndarray) -> float:
+    counts, edges = np.histogram(values, bins=256, range=(0, 1))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
+    return float(edges[int(np.argmax(np.nan_to_num(between[:-1], nan=-1.0))) + 1])
+
+
+def naive(path: Path) -> np.ndarray:
+    """The reference systems' recipe: grayscale, invert, resize to 28x28."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.invert(image.convert("L")).resize((28, 28)))
+
+
+def ours(path: Path) -> np.ndarray | None:
+    try:
+        return preprocess_file(path)
+    except Exception:  # an ImageError (e.g. "blank") counts as a wrong answer
+        return None
+
+
+RECIPES = {"ours": ours, "plain": plain_recipe, "naive": naive}
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+def load_classifier(ckpt: Path):
+    """A function from uint8 `[N, 28, 28]` (white ink on black) to predicted digits, with the
+    checkpoint's own input normalisation (the one place that knows how the model takes its input)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module, _, name = saved["hyper_parameters"]["_class_path"].rpartition(".")
+    model = getattr(__import__(module, fromlist=[name]), name).load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = MNISTDataModule(normalize=saved.get("datamodule_hyper_parameters", {}).get("normalize", "standard"))
+
+    @torch.no_grad()
+    def classify(images: np.ndarray) -> np.ndarray:
+        x = dm.normalize_images(torch.from_numpy(images))
+        return torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).numpy()
+
+    return classify
+
+
+def train_default(data_dir: str, cache_dir: str, workdir: Path) -> Path:
+    print("training the default CNN (fit with no config) for the benchmark ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "digits_lightning", "fit", f"--data.data_dir={data_dir}", f"--data.cache_dir={cache_dir}",
+         "--trainer.enable_progress_bar=false", "--test_after_fit=false", "--trainer.logger=false"],
+        cwd=workdir, check=True, capture_output=True,
+    )  # fmt: skip
+    return next((workdir / "checkpoints" / "cnn").glob("epoch=*.ckpt"))
+
+
+def digits(data_dir: str, cache_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    dm = MNISTDataModule(data_dir, cache_dir=cache_dir, download=False)
+    dm.prepare_data()
+    dm.setup("fit" if split == "val" else "test")
+    dataset = dm.val_set if split == "val" else dm.test_set
+    return dataset.images.numpy(), dataset.labels.numpy()
+
+
+def per_file_ms(files: list[Path], repeats: int = 2) -> tuple[float, float]:
+    """ms per file of `preprocess_file`, and of decoding alone (`load_image` + `grayscale`), best of `repeats`."""
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for f in files:
+                try:
+                    fn(f)
+                except Exception:
+                    pass
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times) / len(files)
+
+    return best(preprocess_file), best(lambda f: grayscale(load_image(f)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=str(ROOT / "data"))
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--ckpt_path", default=None, help="the checkpoint to score with (default: train the default CNN)")
+    parser.add_argument("--split", choices=["val", "test"], default="val")
+    parser.add_argument("--per_family", type=int, default=None, help="files per family (default: 500 val, 1,000 test)")
+    parser.add_argument("--corpus_dir", default=None, help="where the files are written (default: a temp folder)")
+    parser.add_argument("--families", nargs="*", default=None, help="only these families (default: all)")
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--timing", action="store_true", help="also time preprocess_file per file on one core")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(describe())
+    work = Path(tempfile.mkdtemp(prefix="field-corpus-"))
+    cache = args.cache_dir or str(work / "cache")
+    per_family = args.per_family or (500 if args.split == "val" else 1000)
+    corpus = Path(args.corpus_dir or work / "corpus") / f"{args.split}-{per_family}"
+    images, labels = digits(args.data_dir, cache, args.split)
+    files = build(corpus, images, labels, per_family, seed={"val": 1, "test": 2}[args.split])
+    print(f"corpus: {corpus} ({sum(map(len, files.values())):,} files from MNIST's {args.split} split)")
+    ckpt = Path(args.ckpt_path) if args.ckpt_path else train_default(args.data_dir, cache, work)
+    classify = load_classifier(ckpt)
+    print(f"checkpoint: {ckpt}")
+    names = [n for n in FAMILIES if not args.families or n in args.families or SLUG[n] in args.families]
+    rows = []
+    for name in names:
+        truth = np.array([int(f.stem.split("_")[1]) for f in files[name]])
+        scores = {}
+        for recipe in args.recipes:
+            out = [RECIPES[recipe](f) for f in files[name]]
+            ok = np.array([o is not None for o in out])
+            predicted = np.full(len(out), -1)
+            if ok.any():
+                predicted[ok] = classify(np.stack([o for o in out if o is not None]))
+            scores[recipe] = 100 * float((predicted == truth).mean())
+        rows.append((name, scores))
+        print(f"  {name:24s} " + "  ".join(f"{r} {s:6.2f}%" for r, s in scores.items()), flush=True)
+    if args.markdown:
+        print(f"\n| family ({args.split}, {per_family} files each) | " + " | ".join(args.recipes) + " |")
+        print("|---|" + "---:|" * len(args.recipes))
+        for name, scores in rows:
+            print(f"| {name} | " + " | ".join(f"{scores[r]:.1f}%" for r in args.recipes) + " |")
+    if args.timing:
+        every = [f for n in names for f in files[n]]
+        total, decode = per_file_ms(every)
+        print(f"preprocess_file: {total:.2f} ms/file on one core ({decode:.2f} ms decoding, {total - decode:.2f} ms cleaning),"
+              f" over {len(every):,} files")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
