@@ -137,15 +137,11 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     """Ink strength in [0, 1] (0 paper, 1 the strongest ink) of bright ink on darker paper, whatever the lighting."""
     residual = gray - _background(gray)
     ink = np.clip(residual, 0, None)
-    # The paper's level and noise, from the pixels below Otsu's threshold. The noise is measured on
-    # the side of the level away from the ink: the soft edges of strokes (a blurry upscale has wide
-    # ones) lie above it and would pass for noise, and be cut off with it.
+    # The paper's level and noise, from the pixels below Otsu's threshold.
     threshold = _otsu(ink)
     paper, strokes = residual[ink <= threshold], ink[ink > threshold]
-    paper = paper[:: max(1, paper.size // 4096)]  # a sample of the paper measures its spread well enough
-    level = float(np.median(paper)) if paper.size else 0.0
-    below = level - paper[paper < level]
-    noise = 1.4826 * float(np.median(below)) if below.size else 0.0
+    # A sample measures the paper well enough; without clear paper, its noise is taken as nil.
+    level, noise = _noise(residual, threshold) or (_paper(paper[:: max(1, paper.size // 4096)]), 0.0)
     low = min(max(level, 0.0) + 3 * noise, threshold)
     high = float(np.percentile(strokes, 90)) if strokes.size >= 2 else low
     # Blank: no ink clearly above the paper's noise. A clean digital drawing has no noise, so a faint
@@ -153,6 +149,36 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     if high - low < max(MIN_CONTRAST, 3 * noise):
         raise ImageError("blank", BLANK)
     return np.clip((ink - low) / (high - low), 0, 1)
+
+
+def _paper(values: np.ndarray) -> float:
+    """The paper's level from pixels that are mostly paper: the peak of their histogram. The soft
+    edges of strokes (a blurry upscale or a bold digit cropped tight has many) lie above it: a
+    median would count them in and cut off the faint half of every stroke."""
+    if not values.size:
+        return 0.0
+    lo, step = float(values.min()), max(float(values.max() - values.min()), 1e-6) / 64
+    counts = np.bincount(np.minimum(((values - lo) / step).astype(np.int32), 63), minlength=64)
+    peak = lo + (int(np.argmax(counts)) + 0.5) * step
+    return float(np.median(values[np.abs(values - peak) <= 2 * step]))
+
+
+def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None:
+    """The paper's level and noise (standard deviation) where the image is paper alone: blocks
+    with no ink in or beside them, so that no soft stroke edge counts as noise. The noise is read
+    on the upper side of the level (`p75 - p50`): pure white paper has the other side clipped.
+    None where too little of the image is clear of ink (a bold digit cropped tight)."""
+    h, w = residual.shape
+    b = max(2, min(h, w) // 32)
+    gh, gw = h // b, w // b
+    blocks = residual[: gh * b, : gw * b].reshape(gh, b, gw, b).transpose(0, 2, 1, 3)
+    top = np.pad(blocks.max(axis=(2, 3)), 1, constant_values=np.inf)
+    near = np.max([top[i : i + gh, j : j + gw] for i in range(3) for j in range(3)], axis=0)
+    values = blocks[near < threshold].ravel()
+    if values.size < 64:
+        return None
+    p50, p75 = np.percentile(values[:: max(1, values.size // 8192)], [50, 75])
+    return float(p50), float(p75 - p50) / 0.6745
 
 
 def _page(light: np.ndarray) -> tuple[slice, slice]:
@@ -218,19 +244,19 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # Evenly lit, the usual case, gets one level for the whole image, so no ink is ever taken for
     # paper. It is told by an opening over cells wider than the strokes (a bold digit cropped tight
     # has strokes a quarter of the image wide, which an opening over finer cells keeps as paper).
-    # The cells' averages still hold some ink where strokes are close together, so "evenly" is
-    # judged against the ink's contrast: a shadow darkens paper by a good share of it.
+    # "Evenly" is judged against the ink's contrast: a shadow darkens paper by a good share of it.
     threshold = _otsu(gray)
     sample = gray[::3, ::3].ravel()
     ink, paper = sample[sample > threshold], sample[sample <= threshold]
     if not ink.size or not paper.size:
         return np.float32(np.median(sample))
-    contrast = float(np.median(ink) - np.median(paper))
+    level = _paper(paper)
+    contrast = float(np.median(ink)) - level
     width = _stroke_width(gray > threshold)
-    wide = min(max(cell, round(1.5 * width)), min(h, w) // 3)
-    opened = _opened(gray, wide)
+    wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
+    opened = _opened(gray, wide, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
-        return np.float32(np.median(paper))
+        return np.float32(level)
     grid = (max(1, w // cell), max(1, h // cell))
 
     def coarse(values: np.ndarray) -> Image.Image:
@@ -249,10 +275,16 @@ def _background(gray: np.ndarray) -> np.ndarray:
     return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def _opened(gray: np.ndarray, cell: int) -> np.ndarray:
-    """An opening (3x3-cell minimum then maximum) of the image's averages over cells of `cell` pixels."""
+def _opened(gray: np.ndarray, cell: int, lowest: bool = False) -> np.ndarray:
+    """An opening (3x3-cell minimum then maximum) of the image's averages over cells of `cell`
+    pixels, or of their lowest values (the paper's, where a cell holds any paper at all)."""
     h, w = gray.shape
-    cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((max(1, w // cell), max(1, h // cell)), Image.Resampling.BOX)
+    gh, gw = max(1, h // cell), max(1, w // cell)
+    if lowest:
+        ch, cw = h // gh, w // gw
+        cells = gray[: gh * ch, : gw * cw].reshape(gh, ch, gw, cw).min(axis=(1, 3)).astype(np.float32)
+    else:
+        cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((gw, gh), Image.Resampling.BOX)
     # Padded with the paper's typical level (of the pixels darker than Otsu's threshold: a bold digit
     # cropped tight can be half ink), so that strokes running into the edge of a tightly cropped
     # digit are found as ink, not taken for a dark (here: bright) band of paper.
