@@ -318,6 +318,27 @@ def test_thin_pen_strokes_are_thickened(text):
     assert (digit > 127).sum() > 1.5 * (naive > 127).sum()
 
 
+SMALL_PEN = {  # the same digits drawn in a 28x28 canvas, as in a drawing app of MNIST's own size
+    name: [(round(x * 28 / 400), round(y * 28 / 400)) for x, y in points] for name, points in PEN.items()
+}
+
+
+@pytest.mark.parametrize("text", SMALL_PEN)
+@pytest.mark.parametrize("gray", [235, 240])
+def test_faint_thin_gray_strokes_in_a_28x28_drawing_are_read(tmp_path, text, gray):
+    # A light-gray pen one pixel wide on white: faint (15-20 gray levels), but on noiseless
+    # paper plainly there. It must read as the same digit drawn in black, not as a blank.
+    paths = {}
+    for ink in (gray, 0):
+        page = Image.new("L", (28, 28), 255)
+        ImageDraw.Draw(page).line(SMALL_PEN[text], fill=ink, width=1)
+        paths[ink] = tmp_path / f"{text}_{ink}.png"
+        page.save(paths[ink])
+    faint, dark = preprocess_file(paths[gray]), preprocess_file(paths[0])
+    assert_mnist_digit(faint)
+    assert difference(faint, dark) < SAME
+
+
 def test_mnist_convention_digits_are_a_fixed_point():
     """A digit already in MNIST's convention (such as `to_mnist`'s own output) comes back as it was."""
     images, _ = render_digits(200, seed=3)
