@@ -1,5 +1,7 @@
 """Random distortions of whole training batches on the device, to make the model robust to how
-people write: slant, size, proportions, position, wobble and pen width (the references' future work).
+people write: slant, size, proportions, position, wobble and pen width (the references' future work),
+and to how their files look once preprocessed: bold pens, blurry low-resolution upscales,
+binarised scans and digits stretched to fill a square.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ class Augment:
     shift: float = 2.0  # pixels
     elastic: float = 1.0  # pixels of smooth local displacement
     thickness: float = 0.3  # chance of a thicker pen plus chance of a thinner one
+    # Shares of the distorted images given each look of a file (independently of one another):
+    bold: float = 0.0  # a pen 2 pixels wider (a full 3x3 dilation)
+    low_res: float = 0.0  # reduced to 7-14 pixels a side and upscaled back (bilinear): blurry
+    binary: float = 0.0  # binarised at half strength, as a black-and-white scan
+    square: float = 0.0  # the ink's box stretched to fill the 20x20 box, proportions lost
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 0:
                 raise SettingError(f"data.augment.{name} must be at least 0, got {value}")
-        for name in ("p", "thickness"):
+        for name in ("p", "thickness", "bold", "low_res", "binary", "square"):
             if getattr(self, name) > 1:
                 raise SettingError(f"data.augment.{name} is a share of the images: at most 1, got {getattr(self, name)}")
         for name in ("scale", "aspect"):
@@ -75,6 +82,22 @@ class Augment:
             # Half-strength dilation/erosion: a full 3x3 step is too much for 28x28 strokes.
             x = torch.where(pen < self.thickness / 2, (x + thicker) / 2, x)
             x = torch.where((pen >= self.thickness / 2) & (pen < self.thickness), (x + thinner) / 2, x)
+
+        def chosen(share: float) -> torch.Tensor:
+            return ((torch.rand(n, device=dev) < share).float() * on).view(n, 1, 1, 1) > 0
+
+        if self.square > 0:
+            x = torch.where(chosen(self.square), fill_box(x.clamp(0, 1)), x)
+        if self.bold > 0:
+            x = torch.where(chosen(self.bold), dilate(x), x)
+        if self.low_res > 0:  # one size per batch: F.interpolate takes one
+            side = int(torch.randint(7, 15, (1,)))
+            small = F.interpolate(x, size=(side, side), mode="area")
+            blurry = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            blurry = blurry / blurry.flatten(1).amax(1).clamp_min(1e-6).view(n, 1, 1, 1)  # preprocessing re-stretches
+            x = torch.where(chosen(self.low_res), blurry, x)
+        if self.binary > 0:
+            x = torch.where(chosen(self.binary), (x > 0.5).float(), x)
         return x.clamp_(0, 1)
 
 
@@ -88,6 +111,26 @@ def dilate(x: torch.Tensor) -> torch.Tensor:
     p = F.pad(x, (1, 1, 1, 1), value=-math.inf)
     rows = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
     return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+def fill_box(x: torch.Tensor, level: float = 0.3, box: int = 20) -> torch.Tensor:
+    """Each image of `[N, 1, H, W]` with its ink's bounding box stretched to a `box` x `box` square
+    in the middle of the field (bilinear), as a digit stretched to fill a square is preprocessed."""
+    n, _, h, w = x.shape
+    ink = x[:, 0] > level
+    rows, cols = ink.any(2).float(), ink.any(1).float()
+    top, left = rows.argmax(1).float(), cols.argmax(1).float()
+    bottom, right = h - rows.flip(1).argmax(1).float(), w - cols.flip(1).argmax(1).float()
+    empty = rows.sum(1) == 0
+    top, left = torch.where(empty, 0.0, top), torch.where(empty, 0.0, left)
+    bottom, right = torch.where(empty, float(h), bottom), torch.where(empty, float(w), right)
+    # Output pixel centres (in pixel units of the field) -> input positions, then to [-1, 1].
+    oy = torch.arange(h, device=x.device).float() + 0.5 - (h - box) / 2
+    ox = torch.arange(w, device=x.device).float() + 0.5 - (w - box) / 2
+    ys = top.view(n, 1) + oy.view(1, h) * ((bottom - top) / box).view(n, 1)
+    xs = left.view(n, 1) + ox.view(1, w) * ((right - left) / box).view(n, 1)
+    grid = torch.stack(torch.broadcast_tensors(xs.view(n, 1, w) * 2 / w - 1, ys.view(n, h, 1) * 2 / h - 1), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def bicubic_weights(size: int, coarse: int, device: torch.device) -> torch.Tensor:
