@@ -138,14 +138,14 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
 
 
 def faint(digit, rng):
-    """A 28x28 drawing with a thin (1 px) light-gray pen on white, as in a paint program."""
+    """A 28x28 drawing with a thin (1 px) light-gray pen (15-105 gray levels) on white, as in a paint program."""
     line = skeleton(digit > 127).astype(np.float32)
     if rng.random() < 0.5:  # an anti-aliasing brush
         padded = np.pad(line, 1)
         blurred = sum(padded[i : i + 28, j : j + 28] for i in range(3) for j in range(3)) / 9
         line = np.maximum(line, blurred)
     line = np.roll(line, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), (0, 1))
-    return Image.fromarray(print_on(line.clip(0, 1), 255, rng.uniform(90, 200), rng, 0)), ".png"
+    return Image.fromarray(print_on(line.clip(0, 1), 255, rng.uniform(150, 240), rng, 0)), ".png"
 
 
 def lighting(digit, rng):

@@ -165,20 +165,24 @@ def _paper(values: np.ndarray) -> float:
 
 def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None:
     """The paper's level and noise (standard deviation) where the image is paper alone: blocks
-    with no ink in or beside them, so that no soft stroke edge counts as noise. The noise is read
-    on the upper side of the level (`p75 - p50`): pure white paper has the other side clipped.
-    None where too little of the image is clear of ink (a bold digit cropped tight)."""
+    with nothing as bright as half the ink threshold in or beside them, so that no soft stroke edge
+    counts as noise. The noise is read below the level, or above it where pure white paper has
+    that side clipped. None where too little of the image is clear of ink (a bold digit cropped tight)."""
     h, w = residual.shape
-    b = max(2, min(h, w) // 32)
+    b = max(3, min(h, w) // 32)
     gh, gw = h // b, w // b
     blocks = residual[: gh * b, : gw * b].reshape(gh, b, gw, b).transpose(0, 2, 1, 3)
     top = np.pad(blocks.max(axis=(2, 3)), 1, constant_values=np.inf)
     near = np.max([top[i : i + gh, j : j + gw] for i in range(3) for j in range(3)], axis=0)
-    values = blocks[near < threshold].ravel()
+    values = blocks[near < threshold / 2].ravel()
     if values.size < 64:
         return None
-    p50, p75 = np.percentile(values[:: max(1, values.size // 8192)], [50, 75])
-    return float(p50), float(p75 - p50) / 0.6745
+    values = values[:: max(1, values.size // 8192)]
+    level = float(np.median(values))
+    below = level - values[values < level]
+    if below.size >= 0.2 * values.size:
+        return level, 1.4826 * float(np.median(below))
+    return level, (float(np.percentile(values, 75)) - level) / 0.6745
 
 
 def _page(light: np.ndarray) -> tuple[slice, slice]:
@@ -290,7 +294,7 @@ def _opened(gray: np.ndarray, cell: int, lowest: bool = False) -> np.ndarray:
     # digit are found as ink, not taken for a dark (here: bright) band of paper.
     sample = gray[::3, ::3]
     paper = sample[sample <= _otsu(sample)]
-    cells = np.pad(np.asarray(cells), 1, constant_values=float(np.median(paper)) if paper.size else 0.0)
+    cells = np.pad(np.asarray(cells), 1, constant_values=_paper(paper))
     opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
     return np.asarray(opened)[1:-1, 1:-1]
 
