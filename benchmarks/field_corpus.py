@@ -34,6 +34,7 @@ from PIL import Image, ImageFilter, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.hardware import describe  # noqa: E402
+from digits_lightning import checkpoints  # noqa: E402
 from digits_lightning.data import MNISTDataModule  # noqa: E402
 from digits_lightning.preprocess import grayscale, load_image, preprocess_file  # noqa: E402
 
@@ -317,16 +318,13 @@ RECIPES = {"ours": ours, "plain": plain_recipe, "naive": naive}
 
 
 def load_classifier(ckpt: Path):
-    """A function from uint8 `[N, 28, 28]` (white ink on black) to predicted digits, with the
-    checkpoint's own input normalisation (the one place that knows how the model takes its input)."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module, _, name = saved["hyper_parameters"]["_class_path"].rpartition(".")
-    model = getattr(__import__(module, fromlist=[name]), name).load_from_checkpoint(ckpt, map_location="cpu").eval()
-    dm = MNISTDataModule(normalize=saved.get("datamodule_hyper_parameters", {}).get("normalize", "standard"))
+    """A function from uint8 `[N, 28, 28]` (white ink on black) to predicted digits; the model
+    normalises its [0, 1] input itself."""
+    model = checkpoints.load_classifier(ckpt)
 
     @torch.no_grad()
     def classify(images: np.ndarray) -> np.ndarray:
-        x = dm.normalize_images(torch.from_numpy(images))
+        x = torch.from_numpy(images).unsqueeze(1).float().div_(255)
         return torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).numpy()
 
     return classify
