@@ -5,10 +5,13 @@ size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of ma
 field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
 
 1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
-2. polarity: a mostly light image is dark ink on light paper, which is inverted (and cut to the
-   sheet of paper where a photo shows the table around it);
-3. background: a coarse estimate of the paper (uneven lighting) is subtracted, then the paper's
-   noise level is cut off and the ink stretched to full white; the lines of ruled paper are erased;
+2. polarity: an image whose edges are light (or, where they are mixed, that is mostly light) is
+   dark ink on light paper, which is inverted (and cut to the sheet of paper where a photo shows
+   the table around it);
+3. background: the paper's level is subtracted (one level where the image is evenly lit, so that
+   no ink is ever taken for paper; a coarse estimate under uneven lighting), then the paper's
+   noise, measured where there is no ink, is cut off and the ink stretched to full white; the
+   lines of ruled paper are erased;
 4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
 
@@ -241,9 +244,10 @@ def _unrule(ink: np.ndarray) -> np.ndarray:
 def _background(gray: np.ndarray) -> np.ndarray:
     """The paper's level everywhere (slow lighting changes), where ink is bright on darker paper.
 
-    Two passes on a coarse grid of cells about 1/16 of the image: an opening (3x3-cell minimum
-    then maximum) finds where the ink is; the paper level is then the average of the cells'
-    paper pixels alone, spread into cells that hold none, so bold strokes never count as paper.
+    Evenly lit paper gets one level. Under uneven light, two passes on a coarse grid of cells
+    about 1/16 of the image: an opening (3x3-cell minimum then maximum) finds where the ink is;
+    the paper level is then the average of the cells' paper pixels alone, spread into cells that
+    hold none.
     """
     h, w = gray.shape
     cell = max(1, min(h, w) // 16)
@@ -290,7 +294,7 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
     gh, gw = max(1, h // cell), max(1, w // cell)
     if lowest:
         ch, cw = h // gh, w // gw
-        cells = gray[: gh * ch, : gw * cw].reshape(gh, ch, gw, cw).min(axis=(1, 3)).astype(np.float32)
+        cells = gray[: gh * ch, : gw * cw].reshape(gh, ch, gw, cw).min(axis=3).min(axis=1).astype(np.float32)
     else:
         cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((gw, gh), Image.Resampling.BOX)
     # Padded with the paper's level, so that strokes running into the edge of a tightly cropped
