@@ -146,12 +146,25 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     # A sample measures the paper well enough; without clear paper, its noise is taken as nil.
     level, noise = _noise(residual, threshold) or (_paper(paper[:: max(1, paper.size // 4096)]), 0.0)
     low = min(max(level, 0.0) + 3 * noise, threshold)
-    high = float(np.percentile(strokes[:: max(1, strokes.size // 4096)], 90)) if strokes.size >= 2 else low
+    high = _top(strokes) if strokes.size >= 2 else low
     # Blank: no ink clearly above the paper's noise. A clean digital drawing has no noise, so a faint
     # pen there counts from a few gray levels up.
     if high - low < max(MIN_CONTRAST, 3 * noise):
         raise ImageError("blank", BLANK)
     return np.clip((ink - low) / (high - low), 0, 1)
+
+
+def _top(strokes: np.ndarray) -> float:
+    """The strokes' full strength: the 90th percentile of a sample of them (the brightest tenth
+    may be glare or specks)."""
+    sample = strokes.ravel()[:: max(1, strokes.size // 4096)]
+    k = (9 * (sample.size - 1)) // 10
+    return float(np.partition(sample, k)[k])
+
+
+def _middle(values: np.ndarray) -> float:
+    """The median (the upper one of an even count: quicker, and as good here)."""
+    return float(np.partition(values, values.size // 2)[values.size // 2])
 
 
 def _paper(values: np.ndarray) -> float:
@@ -163,7 +176,7 @@ def _paper(values: np.ndarray) -> float:
     lo, step = float(values.min()), max(float(values.max() - values.min()), 1e-6) / 64
     counts = np.bincount(np.minimum(((values - lo) / step).astype(np.int32), 63), minlength=64)
     peak = lo + (int(np.argmax(counts)) + 0.5) * step
-    return float(np.median(values[np.abs(values - peak) <= 2 * step]))
+    return _middle(values[np.abs(values - peak) <= 2 * step])
 
 
 def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None:
@@ -261,9 +274,9 @@ def _background(gray: np.ndarray) -> np.ndarray:
     sample = gray[::3, ::3].ravel()
     ink, paper = sample[sample > threshold], sample[sample <= threshold]
     if not ink.size or not paper.size:
-        return np.float32(np.median(sample))
+        return np.float32(_middle(sample))
     level = _paper(paper)
-    contrast = float(np.median(ink)) - level
+    contrast = _middle(ink) - level
     width = 2 * _stroke_width(gray[::2, ::2] > threshold)  # at half the resolution: as good, 4x fewer pixels
     wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
     opened = _opened(gray, wide, level, lowest=True)
@@ -299,7 +312,8 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
         cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((gw, gh), Image.Resampling.BOX)
     # Padded with the paper's level, so that strokes running into the edge of a tightly cropped
     # digit are found as ink, not taken for a dark (here: bright) band of paper.
-    cells = np.pad(np.asarray(cells), 1, constant_values=paper)
+    cells, inner = np.full((gh + 2, gw + 2), paper, np.float32), cells
+    cells[1:-1, 1:-1] = inner
     opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
     return np.asarray(opened)[1:-1, 1:-1]
 
@@ -366,7 +380,7 @@ def _fit_box(ink: np.ndarray) -> np.ndarray:
     big = np.asarray(big)
     # Reduced from a large image, a thin line fades to half its strength: bring the strokes back to full.
     strokes = big[big > 0.05]
-    big = Image.fromarray(np.clip(big / max(float(np.percentile(strokes, 90)) if strokes.size else 1.0, 1e-6), 0, 1), "F")
+    big = Image.fromarray(np.clip(big / max(_top(strokes) if strokes.size else 1.0, 1e-6), 0, 1), "F")
     width = _stroke_width(np.asarray(big))
     if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
         big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
@@ -388,9 +402,9 @@ def _stroke_width(ink: np.ndarray) -> float:
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    padded = np.pad(mask, 1)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    edge = int((mask & ~inner).sum())
+    # Inner pixels have ink on all four sides; those on the image's border never do.
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    edge = area - int(inner.sum())
     return 2 * area / max(edge, 1)
 
 
