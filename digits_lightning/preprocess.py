@@ -189,7 +189,7 @@ def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None
     gh, gw = h // b, w // b
     blocks = residual[: gh * b, : gw * b].reshape(gh, b, gw, b)
     top = np.full((gh + 2, gw + 2), np.inf, np.float32)
-    top[1:-1, 1:-1] = blocks.max(axis=3).max(axis=1)
+    top[1:-1, 1:-1] = _blocks(residual, b, b, np.maximum)
     rows = np.maximum(np.maximum(top[:-2], top[1:-1]), top[2:])
     near = np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
     ys, xs = np.nonzero(near < threshold / 2)
@@ -306,16 +306,27 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
     h, w = gray.shape
     gh, gw = max(1, h // cell), max(1, w // cell)
     if lowest:
-        ch, cw = h // gh, w // gw
-        cells = gray[: gh * ch, : gw * cw].reshape(gh, ch, gw, cw).min(axis=3).min(axis=1).astype(np.float32)
+        cells = _blocks(gray, h // gh, w // gw, np.minimum).astype(np.float32)
     else:
         cells = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").resize((gw, gh), Image.Resampling.BOX)
     # Padded with the paper's level, so that strokes running into the edge of a tightly cropped
     # digit are found as ink, not taken for a dark (here: bright) band of paper.
-    cells, inner = np.full((gh + 2, gw + 2), paper, np.float32), cells
+    inner = np.asarray(cells)
+    cells = np.full((inner.shape[0] + 2, inner.shape[1] + 2), paper, np.float32)
     cells[1:-1, 1:-1] = inner
     opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
     return np.asarray(opened)[1:-1, 1:-1]
+
+
+def _blocks(values: np.ndarray, bh: int, bw: int, op: np.ufunc) -> np.ndarray:
+    """`op` (np.maximum or np.minimum) over each block of `bh` x `bw` pixels (the last partial
+    ones left out). Strided slices, not a reduction over a 4-D view: that is 20x slower."""
+    gh, gw = values.shape[0] // bh, values.shape[1] // bw
+    rows = op.reduce(values[: gh * bh, : gw * bw].reshape(gh, bh, gw * bw), axis=1)
+    out = rows[:, 0::bw].copy()
+    for i in range(1, bw):
+        op(out, rows[:, i::bw], out=out)
+    return out
 
 
 def _blur3(a: np.ndarray) -> np.ndarray:
@@ -325,7 +336,7 @@ def _blur3(a: np.ndarray) -> np.ndarray:
 
 def _otsu(values: np.ndarray, bins: int = 64) -> float:
     """Otsu's threshold: the level that best splits the values into two classes."""
-    values = values.ravel()[:: max(1, values.size // 4096)]  # a histogram needs no more than a sample
+    values = values.ravel()[:: max(1, values.size // 16384)]  # a histogram needs no more than a sample
     top = max(float(values.max()), 1e-6)
     counts = np.bincount(np.minimum((values * (bins / top)).astype(np.int32), bins - 1).ravel(), minlength=bins)
     centres = (np.arange(bins) + 0.5) * (top / bins)
