@@ -36,7 +36,7 @@ def test_images_left_undistorted_are_unchanged():
 def test_distortion_changes_every_digit_and_keeps_its_ink():
     torch.manual_seed(0)
     x = digits(64)
-    y = Augment(p=1.0)(x.clone())
+    y = Augment(p=1.0, **LOOKS)(x.clone())  # the looks of files (below) change the ink on purpose
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     changed = (y - x).abs().flatten(1).amax(dim=1) > 0.1
     assert changed.all()
@@ -53,6 +53,7 @@ def test_distortion_changes_every_digit_and_keeps_its_ink():
 
 
 STILL = dict(p=1.0, rotation=0, scale=0, aspect=0, shear=0, shift=0, elastic=0, thickness=0)  # no geometric change
+LOOKS = dict(bold=0.0, low_res=0.0, binary=0.0, square=0.0)  # and no look but the one a test names
 
 
 def ink_box(image: torch.Tensor, level: float = 0.3) -> tuple[int, int]:
@@ -62,7 +63,7 @@ def ink_box(image: torch.Tensor, level: float = 0.3) -> tuple[int, int]:
 
 def test_square_stretches_the_ink_box_to_fill_20x20():
     x = digits(4)  # ink box 16 tall, 12 wide
-    y = Augment(**STILL, square=1.0)(x.clone())
+    y = Augment(**{**STILL, **LOOKS, "square": 1.0})(x.clone())
     for image in y:
         height, width = ink_box(image)
         assert 19 <= height <= 22 and 19 <= width <= 22, (height, width)
@@ -70,18 +71,18 @@ def test_square_stretches_the_ink_box_to_fill_20x20():
 
 def test_bold_draws_with_a_pen_two_pixels_wider():
     x = digits(4)
-    assert torch.allclose(Augment(**STILL, bold=1.0)(x.clone()), dilate(x).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(Augment(**{**STILL, **LOOKS, "bold": 1.0})(x.clone()), dilate(x).clamp(0, 1), atol=1e-5)
 
 
 def test_binary_leaves_only_black_and_white():
-    y = Augment(**STILL, binary=1.0)(digits(4))
+    y = Augment(**{**STILL, **LOOKS, "binary": 1.0})(digits(4))
     assert set(y.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_low_resolution_blurs_thin_strokes_and_keeps_full_strength():
     x = torch.zeros(8, 1, 28, 28)
     x[:, :, 4:24, 14] = 1.0  # a bar one pixel wide
-    y = Augment(**STILL, low_res=1.0)(x.clone())
+    y = Augment(**{**STILL, **LOOKS, "low_res": 1.0})(x.clone())
     assert torch.allclose(y.flatten(1).amax(1), torch.ones(8))  # re-stretched to full white, as preprocessing does
     assert ((y > 0.05).flatten(1).sum(1) > 2 * 20).all()  # spread over more than the bar's 20 pixels
 
@@ -89,6 +90,6 @@ def test_low_resolution_blurs_thin_strokes_and_keeps_full_strength():
 def test_looks_apply_only_to_the_share_asked_for():
     torch.manual_seed(0)
     x = digits(2000)
-    y = Augment(**STILL, binary=0.25)(x.clone())
+    y = Augment(**{**STILL, **LOOKS, "binary": 0.25})(x.clone())
     changed = (y - x).abs().flatten(1).amax(1) > 0.1
     assert 0.2 < changed.float().mean() < 0.3
