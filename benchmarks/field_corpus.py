@@ -20,6 +20,7 @@ and reused.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import subprocess
 import sys
@@ -314,6 +315,21 @@ def ours(path: Path) -> np.ndarray | None:
 RECIPES = {"ours": ours, "plain": plain_recipe, "naive": naive}
 
 
+def reading_with(source: str):
+    """`preprocess_file` of another version of preprocess.py (a file), failures counted wrong as for ours."""
+    spec = importlib.util.spec_from_file_location("before_preprocess", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def read(path: Path) -> np.ndarray | None:
+        try:
+            return module.preprocess_file(path)
+        except Exception:
+            return None
+
+    return read
+
+
 # -- the model ---------------------------------------------------------------------------------------
 
 
@@ -376,10 +392,15 @@ def main() -> None:
     parser.add_argument("--corpus_dir", default=None, help="where the files are written (default: a temp folder)")
     parser.add_argument("--families", nargs="*", default=None, help="only these families (default: all)")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--before", default=None, help="a preprocess.py to score beside ours, as `before`"
+                        " (e.g. git show main:digits_lightning/preprocess.py > before.py)")
     parser.add_argument("--timing", action="store_true", help="also time preprocess_file per file on one core")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.before:
+        RECIPES["before"] = reading_with(args.before)
+        args.recipes = [*args.recipes, "before"]
     print(describe())
     work = Path(tempfile.mkdtemp(prefix="field-corpus-"))
     cache = args.cache_dir or str(work / "cache")
