@@ -140,12 +140,15 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
 
 
 def faint(digit, rng):
-    """A 28x28 drawing with a thin (1 px) light-gray pen (15-105 gray levels) on white, as in a paint program."""
-    line = skeleton(digit > 127).astype(np.float32)
-    if rng.random() < 0.5:  # an anti-aliasing brush
-        padded = np.pad(line, 1)
-        blurred = sum(padded[i : i + 28, j : j + 28] for i in range(3) for j in range(3)) / 9
-        line = np.maximum(line, blurred)
+    """A 28x28 drawing with a thin (1 px) light-gray pen (15-105 gray levels) on white, as in a paint
+    program: the digit's centre line, found at 4x the size (so that small loops survive thinning),
+    drawn about a pixel wide, with an anti-aliasing brush or a hard one."""
+    centre = skeleton(resized(digit / 255, 112, 112) > 0.5)
+    wide = np.asarray(Image.fromarray(centre.astype(np.float32), "F").filter(ImageFilter.MaxFilter(3)))
+    line = resized(wide, 28, 28, Image.Resampling.BOX)
+    line = line / max(float(line.max()), 1e-6)
+    if rng.random() < 0.5:  # a hard pen: each pixel inked or not
+        line = (line > 0.35).astype(np.float32)
     line = np.roll(line, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), (0, 1))
     return Image.fromarray(print_on(line.clip(0, 1), 255, rng.uniform(150, 240), rng, 0)), ".png"
 
