@@ -32,6 +32,7 @@ MAX_PIXELS = 100_000_000  # larger images are refused: a 12-50 MP photo is fine,
 WORK_SIZE = 512  # images are reduced to at most this many pixels a side before any analysis
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
+NOISY = 0.002  # paper noise (standard deviation, share of the gray range) above half a gray level
 MIN_CONTRAST = 0.03  # ink must differ from the paper by this share of the full gray range (8 of 255 levels)
 DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16-bit, 32-bit and float images
 BLANK = "no digit found: the image is blank or has too little contrast"
@@ -151,7 +152,13 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     # pen there counts from a few gray levels up.
     if high - low < max(MIN_CONTRAST, 3 * noise):
         raise ImageError("blank", BLANK)
-    return np.clip((ink - low) / (high - low), 0, 1)
+    ink = np.clip((ink - low) / (high - low), 0, 1)
+    # On noisy paper (a scan, a photo) what lies below Otsu's threshold cannot be told from the
+    # noise around it, and becomes paper, as in the plain MNIST recipe. Clean digital paper keeps
+    # the strokes' anti-aliased edges, as MNIST's own digits have them.
+    if noise > NOISY:
+        ink[residual <= threshold] = 0
+    return ink
 
 
 def _top(strokes: np.ndarray) -> float:
