@@ -118,14 +118,13 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     gray = grayscale(image)
     light = gray > _otsu(gray)
     rows, cols = _page(light)
-    # Dark ink on light paper, the usual case, is inverted: the paper is what the image's edges show
-    # (a bold digit cropped tight may hold more ink than paper), or, where the edges are mixed, what
-    # most of the image is; or a sheet of light paper fills most of it (a photo showing the table
-    # around it; then only the sheet is kept).
+    # Dark ink on light paper, the usual case, is inverted: the paper is what most of the image's
+    # edges show (a bold digit cropped tight may hold more ink than paper, a blurry one as much), or
+    # a sheet of light paper fills most of it (a photo showing the table around it; then only the
+    # sheet is kept).
     sheet = light[rows, cols]
     edges = float(np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean())
-    mostly = edges >= 0.65 or (edges > 0.35 and light.mean() > 0.5)
-    if mostly or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
+    if edges > 0.5 or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
         gray = 1 - gray[rows, cols]
     ink = _unrule(_ink(gray))
     box = _crop(ink)
