@@ -119,12 +119,14 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     light = gray > _otsu(gray)
     rows, cols = _page(light)
     # Dark ink on light paper, the usual case, is inverted: the paper is what most of the image's
-    # edges show (a bold digit cropped tight may hold more ink than paper, a blurry one as much), or
-    # a sheet of light paper fills most of it (a photo showing the table around it; then only the
-    # sheet is kept).
+    # edges show (a bold digit cropped tight may hold more ink than paper, a blurry one as much);
+    # where a shadow darkens part of them, the strokes' own side of the paper tells; or a sheet of
+    # light paper fills most of the image (a photo showing the table around it; then only the sheet
+    # is kept).
     sheet = light[rows, cols]
     edges = float(np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean())
-    if edges > 0.5 or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
+    dark = edges > 0.5 or (edges > 0.3 and _dark_ink(gray))
+    if dark or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
         gray = 1 - gray[rows, cols]
     ink = _unrule(_ink(gray))
     box = _crop(ink)
@@ -283,7 +285,7 @@ def _background(gray: np.ndarray) -> np.ndarray:
         return np.float32(_middle(sample))
     level = _paper(paper)
     contrast = _middle(ink) - level
-    width = 2 * _stroke_width(gray[::2, ::2] > threshold)  # at half the resolution: as good, 4x fewer pixels
+    width = 2 * _run_width(gray[::2, ::2] > threshold)  # at half the resolution: as good, 4x fewer pixels
     wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
     opened = _opened(gray, wide, level, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
@@ -423,6 +425,30 @@ def _stroke_width(ink: np.ndarray) -> float:
     inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
     edge = area - int(inner.sum())
     return 2 * area / max(edge, 1)
+
+
+def _dark_ink(gray: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper, from the image's departures from its own blurred
+    self: strokes depart far, on their side; shadows and gradients are smooth and hardly depart."""
+    h, w = gray.shape
+    image = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F")
+    blurred = image.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BOX).resize((w, h), Image.Resampling.BILINEAR)
+    d = (gray - np.asarray(blurred)).ravel()[:: max(1, gray.size // 16384)]
+    lo, hi = np.percentile(d, [1, 99])
+    return -lo > hi
+
+
+def _run_width(mask: np.ndarray) -> float:
+    """The strokes' width in pixels: the median length of the runs of ink across rows, or down
+    columns where that is shorter. Strokes make many short runs, a shadow taken for ink a few
+    long ones, which a median passes over (a mean of area over outline would not)."""
+
+    def median_run(m: np.ndarray) -> float:
+        edges = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        starts, ends = np.nonzero(edges == 1)[1], np.nonzero(edges == -1)[1]
+        return float(np.median(ends - starts)) if starts.size else 0.0
+
+    return min(median_run(mask), median_run(mask.T))
 
 
 def _centre(digit: np.ndarray) -> np.ndarray:
