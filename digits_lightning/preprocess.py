@@ -5,9 +5,9 @@ size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of ma
 field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
 
 1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
-2. polarity: an image whose edges are light (or, where they are mixed, that is mostly light) is
-   dark ink on light paper, which is inverted (and cut to the sheet of paper where a photo shows
-   the table around it);
+2. polarity: an image whose edges are mostly light (or, where a shadow darkens part of them,
+   whose strokes are darker than the paper around them) is dark ink on light paper, which is
+   inverted (and cut to the sheet of paper where a photo shows the table around it);
 3. background: the paper's level is subtracted (one level where the image is evenly lit, so that
    no ink is ever taken for paper; a coarse estimate under uneven lighting), then the paper's
    noise, measured where there is no ink, is cut off and the ink stretched to full white; the
