@@ -241,8 +241,10 @@ def _unrule(ink: np.ndarray) -> np.ndarray:
     """Erases the lines of ruled or squared paper: thin bands of rows (and columns) inked across
     nearly the whole image, with much less ink just beside them, where there are at least two such
     lines (a single one may be a digit's bar, cropped tight; a bold digit cropped tight has rows
-    inked across it too, but inked about as much beside them)."""
-    for axis in (1, 0):  # rows, then columns
+    inked across it too, but inked about as much beside them). Rows and columns are both found
+    before either is erased: erasing the rows first would cut gaps into the columns' lines."""
+
+    def rules(axis: int) -> np.ndarray:
         cover = (ink > 0).mean(axis=axis)
         full = cover >= 0.9
         starts = np.flatnonzero(full & ~np.concatenate([[False], full[:-1]]))
@@ -253,12 +255,15 @@ def _unrule(ink: np.ndarray) -> np.ndarray:
             beside = [cover[i] for i in (a - gap, b - 1 + gap) if 0 <= i < len(cover)]
             if beside and max(beside) < 0.5:
                 lines[a:b] = True
-        if np.count_nonzero(lines & ~np.concatenate([[False], lines[:-1]])) >= 2:
-            ink = ink.copy()
-            if axis == 1:
-                ink[lines] = 0
-            else:
-                ink[:, lines] = 0
+        if np.count_nonzero(lines & ~np.concatenate([[False], lines[:-1]])) < 2:
+            lines[:] = False
+        return lines
+
+    rows, cols = rules(1), rules(0)
+    if rows.any() or cols.any():
+        ink = ink.copy()
+        ink[rows] = 0
+        ink[:, cols] = 0
     return ink
 
 

@@ -243,6 +243,20 @@ def test_the_lines_of_ruled_paper_are_erased(text, line):
     assert digit[~near].sum() < 20  # no streaks of the rules left beside the digit
 
 
+@pytest.mark.parametrize("text", ["3", "9"])
+def test_the_lines_of_squared_paper_are_erased(text):
+    page = draw(text, size=240, ink=20, paper=250)
+    pen = ImageDraw.Draw(page)
+    for at in range(12, 240, 24):  # a grid of gray rules, across and down the sheet and the digit
+        pen.line([(0, at), (240, at)], fill=170, width=3)
+        pen.line([(at, 0), (at, 240)], fill=170, width=3)
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < SAME  # the same digit, but for the gaps where the rules crossed it
+    near = np.asarray(Image.fromarray(clean).filter(ImageFilter.MaxFilter(5))) > 0
+    assert digit[~near].sum() < 20 * 255  # no rules left beside the digit
+
+
 def test_ruled_paper_without_a_digit_is_blank():
     page = Image.new("L", (200, 200), 250)
     for y in range(10, 200, 25):
