@@ -2,7 +2,7 @@
 add to a training step of the default CNN, in CPU time of this process (so that other work on a
 shared machine counts less than in wall time).
 
-Times, per batch of 256 MNIST-sized images: the default `Augment()`, the same with the looks off
+Times, per batch of 256 MNIST-sized images: the default CLI's augmentation (`defaults.DATA_DEFAULTS`), the same with the looks off
 (today's distortion), and one optimisation step of the default CNN (forward, loss, backward,
 Adam) for scale. The looks' share of a step is what they add to the training time.
 
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.hardware import describe  # noqa: E402
-from digits_lightning.augment import Augment  # noqa: E402
+from digits_lightning.augment import Augment
+from digits_lightning.defaults import DATA_DEFAULTS  # noqa: E402
 from digits_lightning.models import CNNClassifier  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     print(describe())
     x = torch.rand(256, 1, 28, 28).pow(4)  # sparse bright strokes on black, roughly
     y = torch.randint(0, 10, (256,))
-    new = Augment(p=0.5)
+    new = DATA_DEFAULTS["data.augment"]
     old = Augment(p=0.5, bold=0.0, low_res=0.0, binary=0.0, square=0.0)
     model = CNNClassifier()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -33,7 +33,7 @@ class Augment:
     bold: float = 0.0  # a pen 2 pixels wider (a full 3x3 dilation)
     low_res: float = 0.0  # reduced to 7-14 pixels a side and upscaled back (bilinear): blurry
     binary: float = 0.0  # binarised at half strength, as a black-and-white scan
-    square: float = 0.1  # the ink's box stretched to fill the 20x20 box, proportions lost
+    square: float = 0.0  # the ink's box stretched to fill the 20x20 box, proportions lost
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

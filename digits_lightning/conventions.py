@@ -37,9 +37,9 @@ CONVENTIONS = {
 }
 
 
-def read(path: str, convention: str = "mnist") -> tuple[np.ndarray | None, str]:
-    """One user file as the model's uint8 `[28, 28]` input in `convention`, or None and the error of
-    its row. Glyphs go through the preprocessing of digits and are re-fitted; `gray` sets
+def read(path: str | bytes, convention: str = "mnist") -> tuple[np.ndarray | None, str]:
+    """One user file (a path, or its bytes) as the model's uint8 `[28, 28]` input in `convention`, or
+    None and the error of its row. Glyphs go through the preprocessing of digits and are re-fitted; `gray` sets
     (Fashion-MNIST's product photos) keep their gray levels: the stroke cleaning made for ink would
     flatten a shirt's shading into a silhouette."""
     rule = CONVENTIONS[convention]

@@ -66,14 +66,15 @@ def not_a_file(path: str) -> str | None:
     return None
 
 
-def read_digit(path: str, decode: Callable[[str], np.ndarray] = preprocess_file) -> tuple[np.ndarray | None, str]:
-    """One file as the model's 28x28 uint8 input (`decode`: the digits' preprocessing by default), or
-    None and the error of its row (`kind: message`): one file never stops a prediction run."""
+def read_digit(source: str | bytes, decode: Callable = preprocess_file) -> tuple[np.ndarray | None, str]:
+    """One file (a path, or its bytes as uploaded) as the model's 28x28 uint8 input (`decode`: the
+    digits' preprocessing by default), or None and the error of its row (`kind: message`): one file
+    never stops a prediction run."""
     try:
-        problem = not_a_file(path)
+        problem = None if isinstance(source, bytes) else not_a_file(source)
         if problem:
             return None, f"unreadable: {problem}"
-        return decode(path), ""
+        return decode(source), ""
     except ImageError as err:
         return None, f"{err.kind}: {err}"
     except Exception as err:  # the row says what happened

@@ -22,10 +22,8 @@ import argparse
 import base64
 import gc
 import io
-import os
 import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -119,21 +117,13 @@ def load_onnx(path: str | Path) -> Predictor:
 def decode(data: bytes, convention: str = "mnist") -> np.ndarray:
     """The bytes of an image file -> the model's uint8 `[28, 28]`; else an `ImageError` with the kind
     and message of the error column predict's CSV would have for the same file (`kind: message`)."""
-    digit, error = _read(data, convention)
+    digit, error = conventions.read(data, convention)
     if error:
         kind, _, message = error.partition(": ")
         raise ImageError(kind, message)
     return digit
 
 
-def _read(data: bytes, convention: str) -> tuple[np.ndarray | None, str]:
-    """`conventions.read`, predict's own decoding of one file, on bytes. It reads only paths, so the bytes go
-    through a temporary file (in memory where /dev/shm exists)."""
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile(dir=folder, prefix="digits-serve-") as f:
-        f.write(data)
-        f.flush()
-        return conventions.read(f.name, convention)
 
 
 def png_base64(digit: np.ndarray) -> str:
