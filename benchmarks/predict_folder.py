@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())  # the training below runs in another folder
     print(describe())
     work = Path(tempfile.mkdtemp(prefix="predict-bench-"))
     cache = args.cache_dir or str(work / "cache")
@@ -152,8 +153,8 @@ def main() -> None:
         naive_acc = accuracy(model, naive_images, naive_labels)
         n = len(rows)
         print(f"checkpoint: {ckpt.name} ({type(model).__name__})")
-        print(f"  throughput end to end     {n / statistics.median(walls):7.0f} images/s (runs: {', '.join(f'{w:.1f}' for w in walls)} s for {n:,} images)")
-        print(f"  throughput, start-up out  {n / statistics.median(loops):7.0f} images/s (runs: {', '.join(f'{t:.2f}' for t in loops)} s; target >= 1000)")
+        print(f"  throughput end to end     {n / statistics.median(walls):7.0f} images/s (runs: {', '.join(f'{w:.1f}' for w in walls)} s for {n:,} images; target >= 400)")
+        print(f"  throughput, start-up out  {n / statistics.median(loops):7.0f} images/s (runs: {', '.join(f'{t:.2f}' for t in loops)} s; target >= 1500)")
         print(f"  accuracy on the files     {files_acc:6.2f}% ({failed} failed)")
         print(f"  accuracy on raw tensors   {raw_acc:6.2f}% (the same {n:,} digits; {all_acc:.2f}% on all 10,000)")
         print(f"  files minus raw           {files_acc - raw_acc:+6.2f} points (target within 0.3)")
