@@ -73,6 +73,7 @@ def write_folder(folder: Path, images: torch.Tensor, labels: torch.Tensor, seed:
 
 
 def train_default(data_dir: str, cache_dir: str, workdir: Path) -> Path:
+    data_dir = str(Path(data_dir).resolve())  # the fit runs in `workdir`
     print("training the default CNN (fit with no config) for the benchmark ...", flush=True)
     subprocess.run(
         [sys.executable, "-m", "digits_lightning", "fit", f"--data.data_dir={data_dir}", f"--data.cache_dir={cache_dir}",
