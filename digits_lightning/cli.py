@@ -30,7 +30,8 @@ from digits_lightning.defaults import DATA_DEFAULTS
 from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu
 from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, CheckpointError, SettingError, UserError, user_error_in
 from digits_lightning.models import DigitClassifier
-from digits_lightning.prediction import NothingPredicted, PredictionWriter, PredictThreads
+from digits_lightning.prediction import PredictionWriter, PredictThreads
+from digits_lightning.results import NothingPredicted
 from digits_lightning.resume import SeedEachEpoch
 
 DEFAULT_MODEL = "digits_lightning.models.CNNClassifier"
