@@ -21,7 +21,7 @@ from digits_lightning.conventions import read as read_for_convention
 from digits_lightning.cpus import usable_cpus
 from digits_lightning.image_files import PredictionError, find_images
 from digits_lightning.preprocess import FIELD
-from digits_lightning.results import NothingPredicted, Results
+from digits_lightning.results import Results
 
 
 class ImageFiles(Dataset):
