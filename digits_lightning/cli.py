@@ -28,7 +28,7 @@ from digits_lightning.data import MNISTDataModule
 from digits_lightning.datasets import SYMBOL_SETS
 from digits_lightning.defaults import DATA_DEFAULTS
 from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu
-from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, CheckpointError, SettingError, UserError, user_error_in
+from digits_lightning.errors import EXIT_USER_ERROR, CheckpointError, SettingError, UserError, fail, user_error_in
 from digits_lightning.models import DigitClassifier
 from digits_lightning.prediction import PredictionWriter, PredictThreads
 from digits_lightning.results import NothingPredicted
@@ -311,8 +311,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         run(args)
     except NothingPredicted as err:
-        sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(EXIT_NOTHING_PREDICTED) from None
+        fail(err)
     except MisconfigurationException as err:  # Lightning's word for settings it cannot run with
         hint = " (--trainer.accelerator auto uses a GPU where there is one, else the CPU)" if _names_gpu(str(err)) else ""
         sys.stderr.write(f"error: {_one_line(str(err))}{hint}\n")

@@ -157,8 +157,6 @@ class DigitsDataModule(LightningDataModule):
             self.symbol_set,
         )
 
-    symbol_set = SYMBOL_SETS["mnist"]  # the default; each instance has its `dataset`'s
-
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.symbol_set.class_names

@@ -5,9 +5,24 @@ Anything else that escapes a command is a bug of ours (or of a library) and keep
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
+# Exit statuses, documented in docs/reliability.md.
+EXIT_USER_ERROR = 2
+EXIT_NOTHING_PREDICTED = 3
+
 
 class UserError(Exception):
     """A mistake the user can fix; the message names the file or setting and says what to do."""
+
+    exit_status = EXIT_USER_ERROR
+
+
+def fail(err: UserError) -> NoReturn:
+    """Ends the command for a user's mistake: the message as one line on stderr, the error's exit status."""
+    sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
+    raise SystemExit(err.exit_status) from None
 
 
 class SettingError(UserError, ValueError):
@@ -28,8 +43,3 @@ def user_error_in(err: BaseException) -> UserError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-# Exit statuses, documented in docs/reliability.md.
-EXIT_USER_ERROR = 2
-EXIT_NOTHING_PREDICTED = 3

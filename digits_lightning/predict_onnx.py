@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digits_lightning.errors import EXIT_NOTHING_PREDICTED, EXIT_USER_ERROR, UserError
+from digits_lightning.errors import UserError, fail
 from digits_lightning.cpus import usable_cpus
 from digits_lightning import conventions
 from digits_lightning.image_files import find_images
@@ -151,9 +151,5 @@ def main(args: list[str] | None = None) -> None:
     """The user's mistakes end as one line on stderr and exit status 2; no file predicted, status 3."""
     try:
         run(sys.argv[1:] if args is None else list(args))
-    except NothingPredicted as err:
-        sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(EXIT_NOTHING_PREDICTED) from None
-    except UserError as err:
-        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
-        raise SystemExit(EXIT_USER_ERROR) from None
+    except UserError as err:  # NothingPredicted included, with its own status
+        fail(err)

@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from digits_lightning.atomic_write import open_atomically
+from digits_lightning.errors import EXIT_NOTHING_PREDICTED
 from digits_lightning.image_files import PredictionError
 
 
 class NothingPredicted(PredictionError):
     """Every file failed: the run is over, and its exit status must say so."""
+
+    exit_status = EXIT_NOTHING_PREDICTED
 
 
 def columns(class_names) -> list[str]:

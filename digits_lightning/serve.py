@@ -43,7 +43,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digits_lightning.cpus import usable_cpus
-from digits_lightning.errors import EXIT_USER_ERROR, UserError
+from digits_lightning.errors import UserError, fail
 from digits_lightning import conventions
 from digits_lightning.preprocess import ImageError
 
@@ -387,5 +387,4 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(sys.argv[1:] if argv is None else list(argv))
     except UserError as err:
-        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
-        raise SystemExit(EXIT_USER_ERROR) from None
+        fail(err)
