@@ -300,6 +300,32 @@ def test_uneven_lighting_and_paper_noise_are_removed(text, darkest, noise):
     assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
 
 
+CORNER_SPECKS = pytest.mark.xfail(reason="known: the shadow's corner leaves specks beside this 4 that widen its box", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "side"),
+    [(t, s) for t in "0348" for s in ("left", "top", "corner") if (t, s) != ("4", "corner")]
+    + [pytest.param("4", "corner", marks=CORNER_SPECKS)],
+)
+def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
+    """A hand or a phone casting a soft-edged shadow over a third of the sheet (and of the digit),
+    the shadowed paper half as light: darker than the paper around it, far lighter than the ink."""
+    clean = Image.new("L", (480, 480), 255)
+    clean.paste(draw(text, size=300), (90, 90))
+    w, h = clean.size
+    ys, xs = np.mgrid[0:h, 0:w]
+    inside = {"left": xs < w / 3, "top": ys < h / 3, "corner": xs + ys < 0.8 * w}[side]
+    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
+    page = np.asarray(clean, np.float64) * (1 - 0.5 * shade) + np.random.default_rng(0).normal(0, 3, (h, w))
+    reference = to_mnist(clean)
+    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+    around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
+    assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
+
+
 def stroke_width(digit: np.ndarray) -> float:
     """Mean stroke width of the pixels above half intensity: area over half the outline."""
     mask = digit > 127
