@@ -31,9 +31,12 @@ class ConvNet(nn.Sequential):
         def norm(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
 
+        # Pooled before the ReLU: the same function (max and ReLU commute) and the same gradients,
+        # with the ReLU and its backward on a quarter of the values (a float32 CPU step 1.8x faster
+        # in channels_last: benchmarks/vs_keras.py). The layers keep their indices, so weights load.
         super().__init__(
-            nn.Conv2d(1, c1, 5, bias=not batch_norm), norm(c1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 24 -> 12
-            nn.Conv2d(c1, c2, 3, bias=not batch_norm), norm(c2), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 10 -> 5
+            nn.Conv2d(1, c1, 5, bias=not batch_norm), norm(c1), nn.MaxPool2d(2), nn.ReLU(),  # 28 -> 24 -> 12
+            nn.Conv2d(c1, c2, 3, bias=not batch_norm), norm(c2), nn.MaxPool2d(2), nn.ReLU(),  # 12 -> 10 -> 5
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(),
@@ -74,9 +77,10 @@ class ResNet(nn.Sequential):
         self, channels: tuple[int, ...] = (32, 64, 128), blocks: tuple[int, ...] = (1, 1, 1), classes: int = 10,
         dropout: float = 0.0, stem_pool: bool = True,
     ) -> None:  # fmt: skip
-        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
-        if stem_pool:
+        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0])]
+        if stem_pool:  # before the ReLU, as in ConvNet: the same function, a quarter of the ReLU's work
             layers.append(nn.MaxPool2d(2))
+        layers.append(nn.ReLU(inplace=True))
         c_in = channels[0]
         for stage, (c, n) in enumerate(zip(channels, blocks)):
             for i in range(n):
