@@ -95,7 +95,7 @@ def run(args) -> None:
             f"--data.data_dir={Path(args.data_dir).resolve()}", f"--data.cache_dir={cache}",
             "--trainer.enable_progress_bar=false", "--trainer.callbacks+=benchmarks.time_to_accuracy.Clock",
             "--checkpoint.save_top_k=3",  # the three best, for a checkpoint ensemble (benchmarks/tta.py)
-            *([f"--data.dataset={args.dataset}"] if args.dataset else []), *args.extra,
+            *([f"--data.dataset={args.dataset}"] if args.dataset else []), *_absolute_configs(args.extra),
         ]  # fmt: skip
         cwd = (out / f"{name}-run").resolve()  # its checkpoints and logs stay, for benchmarks/tta.py
         shutil.rmtree(cwd, ignore_errors=True)
@@ -129,6 +129,23 @@ def _mean_load(data: dict) -> float:
 def _seed(data: dict) -> str:
     found = re.search(r"--seed_everything[= ](\d+)", data.get("command", ""))
     return found.group(1) if found else "42"
+
+
+def _absolute_configs(extra: list[str]) -> list[str]:
+    """`--config FILE` among the extra arguments, as an absolute path: each fit runs in its own folder."""
+    out = list(extra)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = f"--config={Path(arg.split('=', 1)[1]).resolve()}"
+        elif i > 0 and out[i - 1] == "--config":
+            out[i] = str(Path(arg).resolve())
+    return out
+
+
+def _config(data: dict) -> str:
+    """The config file and any model settings given beside it on the command line."""
+    settings = re.findall(r"--model\.[\w.]+=\S+", data.get("command", ""))
+    return " ".join([f"`{data['config']}`", *(f"`{s}`" for s in settings)])
 
 
 def _read(paths: list[str]) -> list[dict]:
@@ -167,7 +184,7 @@ def table(args) -> None:
         best = max(data["curve"], key=lambda p: p["val_acc"])
         loads = [p["load"] for p in data["curve"]]
         print(
-            f"| {data['dataset']} | `{data['config']}` | {_seed(data)} | {data['model']} | {data['params']:,} | {len(data['curve'])} |"
+            f"| {data['dataset']} | {_config(data)} | {_seed(data)} | {data['model']} | {data['params']:,} | {len(data['curve'])} |"
             f" {best['val_acc']:.2%} (epoch {best['epoch']}) | {data['test_acc']:.2%} | {data['train_seconds']:.0f} |"
             f" {data.get('threads', 'default')} |"
             f" {min(loads):.1f}-{max(loads):.1f} (mean {_mean_load(data):.1f}) |"
