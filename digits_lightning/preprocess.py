@@ -296,12 +296,14 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # again finds the ink: where its runs are far narrower than the first ones, or the middle
     # class (the shadowed paper) lies in runs far wider than the ink's, the ink's runs are the
     # strokes. (Where they are merely somewhat narrower, they are the cores of soft or bold strokes,
-    # and the first width stays.)
-    half = gray[::2, ::2]
-    top = threshold + _otsu(np.clip(ink - threshold, 0, None))
-    core = _run_width(half > top)
-    if core < 0.125 * width or _run_width((half > threshold) & (half <= top)) > 2 * core:  # (at half size)
-        width = 2 * core
+    # and the first width stays.) Only asked where the bright class covers over a quarter of the
+    # image: a shadow that joins it covers a good share of the page; strokes alone rarely do.
+    if ink.size > 0.25 * sample.size:
+        half = gray[::2, ::2]
+        top = threshold + _otsu(np.clip(ink - threshold, 0, None))
+        core = _run_width(half > top)
+        if core < 0.125 * width or _run_width((half > threshold) & (half <= top)) > 2 * core:  # (at half size)
+            width = 2 * core
     wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
     opened = _opened(gray, wide, level, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
