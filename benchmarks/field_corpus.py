@@ -389,6 +389,7 @@ def main() -> None:
     parser.add_argument("--ckpt_path", default=None, help="the checkpoint to score with (default: train the default CNN)")
     parser.add_argument("--split", choices=["val", "test"], default="val")
     parser.add_argument("--per_family", type=int, default=None, help="files per family (default: 500 val, 1,000 test)")
+    parser.add_argument("--seed", type=int, default=None, help="another drawing of the files (default: 1 val, 2 test)")
     parser.add_argument("--corpus_dir", default=None, help="where the files are written (default: a temp folder)")
     parser.add_argument("--families", nargs="*", default=None, help="only these families (default: all)")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES), help="none: only --timing")
@@ -405,9 +406,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="field-corpus-"))
     cache = args.cache_dir or str(work / "cache")
     per_family = args.per_family or (500 if args.split == "val" else 1000)
-    corpus = Path(args.corpus_dir or work / "corpus") / f"{args.split}-{per_family}"
+    seed = args.seed if args.seed is not None else {"val": 1, "test": 2}[args.split]
+    corpus = Path(args.corpus_dir or work / "corpus") / (f"{args.split}-{per_family}" + (f"-seed{seed}" if args.seed is not None else ""))
     images, labels = digits(args.data_dir, cache, args.split)
-    files = build(corpus, images, labels, per_family, seed={"val": 1, "test": 2}[args.split])
+    files = build(corpus, images, labels, per_family, seed=seed)
     print(f"corpus: {corpus} ({sum(map(len, files.values())):,} files from MNIST's {args.split} split)")
     ckpt = Path(args.ckpt_path) if args.ckpt_path else train_default(args.data_dir, cache, work)
     classify = load_classifier(ckpt)
