@@ -175,14 +175,18 @@ def _middle(values: np.ndarray) -> float:
     return float(np.partition(values, values.size // 2)[values.size // 2])
 
 
-def _paper(values: np.ndarray) -> float:
+def _paper(values: np.ndarray, lower: bool = False) -> float:
     """The paper's level from pixels that are mostly paper: the peak of their histogram. The soft
     edges of strokes (a blurry upscale or a bold digit cropped tight has many) lie above it: a
-    median would count them in and cut off the faint half of every stroke."""
+    median would count them in and cut off the faint half of every stroke. `lower`: the peak of
+    the lower half of their range only, where soft edges outnumber the paper itself (a margin
+    of a few pixels beside a bold stroke)."""
     if not values.size:
         return 0.0
     lo, step = float(values.min()), max(float(values.max() - values.min()), 1e-6) / 64
     counts = np.bincount(np.minimum(((values - lo) / step).astype(np.int32), 63), minlength=64)
+    if lower:
+        counts = counts[:32]
     peak = lo + (int(np.argmax(counts)) + 0.5) * step
     return _middle(values[np.abs(values - peak) <= 2 * step])
 
@@ -304,6 +308,13 @@ def _background(gray: np.ndarray) -> np.ndarray:
         core = _run_width(half > top)
         if core < 0.125 * width or _run_width((half > threshold) & (half <= top)) > 2 * core:  # (at half size)
             width = 2 * core
+    # Strokes too wide for cells wider than them to fit across the image, yet no wider than a third
+    # of its long side: a bold digit cropped tight (the bar of a "1" filling a narrow frame), not a
+    # shadow, which would be as wide along the long side. Lighting cannot be told from ink there,
+    # and any finer estimate takes the strokes' middles for paper and hollows them: one level, read
+    # low, as the margin beside such strokes is mostly their soft edge.
+    if 1.5 * width > 0.6 * min(h, w) and width < 0.35 * max(h, w):
+        return np.float32(_paper(paper, lower=True))
     wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
     opened = _opened(gray, wide, level, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):

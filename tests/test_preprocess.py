@@ -326,6 +326,30 @@ def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
     assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
 
 
+def marker_bar(width: int, blur: float, margin: int, slant: int) -> Image.Image:
+    """A "1" written with a broad marker and cropped tight: a dark bar `width` pixels wide, 150 high,
+    slanted by `slant` pixels, with a paper margin of `margin` pixels and soft edges (`blur`)."""
+    page = np.full((150, width + 2 * margin), 225.0)
+    for y in range(4, 146):
+        left = margin + round(slant * (y - 75) / 150)
+        page[y, left : left + width] = 30.0
+    return Image.fromarray(page.astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur))
+
+
+# (width, blur, margin, slant): before the bar was given one paper level, the first four came out
+# hollow (the bar's outline) and the last four were called blank.
+@pytest.mark.parametrize(
+    ("width", "blur", "margin", "slant"),
+    [(24, 3, 4, 6), (30, 3, 4, 6), (30, 5, 4, 0), (36, 5, 2, 0), (24, 8, 4, 0), (30, 3, 2, 0), (30, 8, 8, 6), (36, 8, 4, 0)],
+)
+def test_a_bold_one_cropped_tight_comes_out_solid(width, blur, margin, slant):
+    digit = to_mnist(marker_bar(width, blur, margin, slant))
+    assert_mnist_digit(digit)
+    for row in digit[6:22] > 127:  # the middle of the bar, away from its ends: one run of ink a row
+        cols = np.flatnonzero(row)
+        assert cols.size and cols.max() - cols.min() + 1 == cols.size, row.astype(int)
+
+
 def stroke_width(digit: np.ndarray) -> float:
     """Mean stroke width of the pixels above half intensity: area over half the outline."""
     mask = digit > 127
