@@ -277,6 +277,12 @@ def test_a_single_bar_across_a_tight_crop_is_kept():
     assert (digit[top : top + 3] > 128).sum(axis=1).max() >= 8  # the bar: a wide run of ink at the top
 
 
+def assert_no_blotches(digit: np.ndarray, reference: np.ndarray) -> None:
+    """No background blotches: nothing lit beyond a pixel around the clean digit's ink."""
+    around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
+    assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
+
+
 def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) -> Image.Image:
     """The drawing under light that falls from 255 to `darkest` across the page, with paper noise."""
     rng = np.random.default_rng(seed)
@@ -295,9 +301,7 @@ def test_uneven_lighting_and_paper_noise_are_removed(text, darkest, noise):
     digit = to_mnist(lit_unevenly(clean, darkest, noise))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
-    # No background blotches: nothing lit beyond a pixel around the clean digit's ink.
-    around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
-    assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
+    assert_no_blotches(digit, reference)
 
 
 CORNER_SPECKS = pytest.mark.xfail(reason="known: the shadow's corner leaves specks beside this 4 that widen its box", strict=True)
@@ -322,8 +326,7 @@ def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
     digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
-    around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
-    assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
+    assert_no_blotches(digit, reference)
 
 
 def marker_bar(width: int, blur: float, margin: int, slant: int) -> Image.Image:
