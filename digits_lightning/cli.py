@@ -17,7 +17,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -213,6 +213,8 @@ class DigitsCLI(LightningCLI):
         if self.subcommand != "fit":
             # Only a resumed fit uses the checkpoint folder's bookkeeping; elsewhere its move is no news.
             warnings.filterwarnings("ignore", "The dirpath has changed from")
+            # Nor does it need the callbacks that saved state in the checkpoint (weight averaging's).
+            warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`, callbacks used")
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.fast_dev_run or self.trainer.interrupted:
@@ -220,6 +222,10 @@ class DigitsCLI(LightningCLI):
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         if best:
             rank_zero_info(f"Best checkpoint: {best}")
+        # A checkpoint saved under weight averaging (EMA, SWA) holds the averaged weights, the ones
+        # validation chose; the callback, still attached, would load the raw weights kept beside them.
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, WeightAveraging)]
+        warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`, callbacks used")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
     def after_predict(self) -> None:

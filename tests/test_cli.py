@@ -46,6 +46,19 @@ def test_fit_then_test_prints_accuracy_and_saves_checkpoints(tiny_mnist, in_tmp,
     assert f"Test accuracy: {acc:.2f}%" in capsys.readouterr().out
 
 
+def test_the_test_after_fit_scores_the_averaged_weights_it_validated(tiny_mnist, in_tmp, capsys):
+    """Under Lightning's weight averaging (EMA, SWA), a checkpoint holds the averaged weights, which
+    validation chose; the test after `fit` must score those, as `test --ckpt_path` does, not the raw
+    weights saved beside them. An average that never leaves the initial weights tells the two apart."""
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.callbacks+=EMAWeightAveraging",
+                  "--trainer.callbacks.update_starting_at_step=1000000000"))  # fmt: skip
+    after_fit = float(capsys.readouterr().out.split("Test accuracy: ")[1].split("%")[0])
+    (best,) = (in_tmp / "checkpoints" / "dense").glob("epoch=*.ckpt")
+    main(["test", f"--data.data_dir={tiny_mnist}", f"--ckpt_path={best}", "--trainer.enable_progress_bar=false"])
+    assert f"Test accuracy: {after_fit:.2f}%" in capsys.readouterr().out
+    assert after_fit < 40.0  # the untrained weights: near chance (10%), where the trained ones reach > 60%
+
+
 def test_checkpoint_round_trip_gives_the_same_predictions(tiny_mnist, in_tmp):
     main(fit_args(tiny_mnist, "--model=DenseClassifier", "--trainer.max_epochs=1", "--test_after_fit=false"))
     ckpt = in_tmp / "checkpoints" / "dense" / "last.ckpt"
