@@ -120,12 +120,12 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     rows, cols = _page(light)
     # Dark ink on light paper, the usual case, is inverted: the paper is what most of the image's
     # edges show (a bold digit cropped tight may hold more ink than paper, a blurry one as much);
-    # where a shadow darkens part of them, the strokes' own side of the paper tells; or a sheet of
-    # light paper fills most of the image (a photo showing the table around it; then only the sheet
-    # is kept).
+    # where a shadow darkens part of them (up to four fifths), the strokes' own side of the paper
+    # tells; or a sheet of light paper fills most of the image (a photo showing the table around
+    # it; then only the sheet is kept).
     sheet = light[rows, cols]
     edges = float(np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean())
-    dark = edges > 0.5 or (edges > 0.3 and _dark_ink(gray))
+    dark = edges > 0.5 or (edges > 0.2 and _dark_ink(gray))
     if dark or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
         gray = 1 - gray[rows, cols]
     ink = _unrule(_ink(gray))
@@ -393,13 +393,33 @@ def _crop(ink: np.ndarray) -> np.ndarray:
     strong = ink > 0.5
     if not strong.any():  # e.g. nothing but the lines of ruled paper
         raise ImageError("blank", BLANK)
-    top, bottom = _span(strong.sum(axis=1))
-    left, right = _span(strong.sum(axis=0))
+    # Columns, then rows within them, then columns again within those rows: a speck beside the
+    # digit along one axis is cut off along the other.
+    left, right = _span(_off_the_edge(strong.sum(axis=0)))
+    top, bottom = _span(_off_the_edge(strong[:, left:right].sum(axis=1)))
+    left, right = _span(_off_the_edge(strong[top:bottom].sum(axis=0)))
     margin = max(1, round(0.05 * max(bottom - top, right - left)))
     faint = ink > 0.05
     top, bottom = _grow(faint[:, left:right].any(axis=1), top, bottom, margin)
     left, right = _grow(faint[top:bottom].any(axis=0), left, right, margin)
     return ink[top:bottom, left:right]
+
+
+def _off_the_edge(mass: np.ndarray, share: float = 0.25, gap: float = 0.2, edge: float = 0.05) -> np.ndarray:
+    """`mass` (ink per row or column) without a piece at either end that begins within `edge` of the
+    image's border, holds under `share` of the mass, and is cut off from the rest by an empty band
+    of over `gap` of the image: where a shadow's edge meets the border, the background misses its
+    tip, and leaves it as specks. (So goes the piece of a neighbouring digit at the edge of a crop.)"""
+    mass = mass.copy()
+    band, near = max(1, round(gap * mass.size)), max(1, round(edge * mass.size))
+    for m in (mass, mass[::-1]):  # from the start, then from the end (a view: writes go to `mass`)
+        inked = np.flatnonzero(m)
+        if inked.size < 2 or inked[0] >= near:
+            continue
+        wide = np.flatnonzero(np.diff(inked) > band)  # empty bands wider than `band` between inked lines
+        if wide.size and m[: inked[wide[0]] + 1].sum() < share * m.sum():
+            m[: inked[wide[0]] + 1] = 0
+    return mass
 
 
 def _span(mass: np.ndarray, trim: float = 0.001) -> tuple[int, int]:
@@ -456,12 +476,16 @@ def _stroke_width(ink: np.ndarray) -> float:
 
 
 def _dark_ink(gray: np.ndarray) -> bool:
-    """Whether the ink is darker than the paper, from the image's departures from its own blurred
-    self: strokes depart far, on their side; shadows and gradients are smooth and hardly depart."""
+    """Whether the ink is darker than the paper, from the image's departures from its own median
+    over 7x7 neighbourhoods, at 48 pixels a side: strokes, narrower than half of that, depart far,
+    on their side. A shadow's edge, wider, is kept by a median and hardly departs; a mean would blur
+    it and depart on both of its sides, outweighing a small digit's strokes."""
     h, w = gray.shape
     image = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F")
-    blurred = image.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BOX).resize((w, h), Image.Resampling.BILINEAR)
-    d = (gray - np.asarray(blurred)).ravel()[:: max(1, gray.size // 16384)]
+    scale = min(1.0, 48 / max(h, w))
+    if scale < 1:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    d = (np.asarray(image) - np.asarray(image.filter(ImageFilter.MedianFilter(7)))).ravel()
     lo, hi = np.percentile(d, [1, 99])
     return -lo > hi
 
