@@ -315,7 +315,9 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # low, as the margin beside such strokes is mostly their soft edge.
     if 1.5 * width > 0.6 * min(h, w) and width < 0.35 * max(h, w):
         return np.float32(_paper(paper, lower=True))
-    wide = min(max(cell, round(1.5 * width)), min(h, w) // 2)
+    # (At least 4 cells a side: on 2 or 3, the paper level padded around them reaches every cell,
+    # and any shadow passes for even light.)
+    wide = min(max(cell, round(1.5 * width)), max(cell, min(h, w) // 4))
     opened = _opened(gray, wide, level, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
         return np.float32(level)

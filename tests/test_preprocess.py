@@ -343,6 +343,31 @@ def test_a_small_digit_beside_a_shadow_over_most_of_the_page(text, shaded):
     assert_no_blotches(digit, reference)
 
 
+# A thin pen on a small page, a straight-edged shadow over about half of it (on the digit's side
+# or the other), falling `angle` degrees from the x axis and cutting it at `cut` of the way across.
+# Before the test for even lighting looked at a grid of at least 4 cells a side, each of these passed
+# as evenly lit: on 2 or 3 cells, the paper level padded around the grid reached every cell.
+@pytest.mark.parametrize(
+    ("text", "width", "height", "size", "at", "angle", "cut", "blur", "depth"),
+    [("1", 139, 311, 67, (46, 191), 276, 0.5, 4.5, 0.53), ("0", 315, 148, 64, (144, 32), 175, 0.57, 5.5, 0.48),
+     ("3", 164, 285, 85, (39, 166), 288, 0.43, 5.7, 0.58), ("7", 133, 185, 62, (45, 123), 92, 0.41, 7.7, 0.42)],
+)  # fmt: skip
+def test_a_thin_digit_on_a_small_page_half_in_shadow(text, width, height, size, at, angle, cut, blur, depth):
+    clean = Image.new("L", (width, height), 255)
+    clean.paste(draw(text, size=size), at)
+    clean = clean.filter(ImageFilter.MaxFilter(3))  # a thin pen: the font's strokes narrowed
+    ys, xs = np.mgrid[0:height, 0:width]
+    a = np.radians(angle)
+    inside = np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
+    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float64) / 255
+    page = np.asarray(clean, np.float64) * (1 - depth * shade) + np.random.default_rng(0).normal(0, 3, (height, width))
+    reference = to_mnist(clean)
+    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+    assert_no_blotches(digit, reference)
+
+
 @pytest.mark.parametrize(("text", "neighbour"), [("3", "7"), ("0", "4"), ("8", "1")])
 def test_a_piece_of_the_next_digit_at_the_edge_of_a_crop_is_left_out(text, neighbour):
     """A digit cropped from a row of them, the next one's first strokes showing at the right edge
