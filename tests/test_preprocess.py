@@ -343,6 +343,23 @@ def test_a_small_digit_beside_a_shadow_over_most_of_the_page(text, shaded):
     assert_no_blotches(digit, reference)
 
 
+@pytest.mark.parametrize("text", "0348")
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_shadow_holding_the_digit_is_not_taken_for_a_table_around_the_sheet(text, side):
+    """Three quarters of the page in a sharp shadow that holds the digit, a lit band of clean paper
+    beside it: that band looks like a sheet on a dark table, but the writing is in the shadow."""
+    clean = Image.new("L", (240, 300), 255)
+    clean.paste(draw(text, size=160), {"left": (10, 60), "right": (70, 60)}[side])
+    xs = np.mgrid[0:300, 0:240][1]
+    inside = xs < 180 if side == "left" else xs > 60
+    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
+    page = np.asarray(clean, np.float64) * (1 - 0.55 * shade) + np.random.default_rng(0).normal(0, 3, (300, 240))
+    reference = to_mnist(clean)
+    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+
+
 # A thin pen on a small page, a straight-edged shadow over about half of it (on the digit's side
 # or the other), falling `angle` degrees from the x axis and cutting it at `cut` of the way across.
 # Before the test for even lighting looked at a grid of at least 4 cells a side, each of these passed
