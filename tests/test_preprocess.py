@@ -360,6 +360,26 @@ def test_a_shadow_holding_the_digit_is_not_taken_for_a_table_around_the_sheet(te
     assert difference(digit, reference) < SAME
 
 
+@pytest.mark.parametrize("text", "0348")
+@pytest.mark.parametrize("edge", ["level", "diagonal"])
+def test_the_edge_of_a_sharp_shadow_is_no_stroke(text, edge):
+    """A sharp-edged shadow across the page: level, just above the digit it holds, or diagonal
+    through the middle of the page, beside the digit. The coarse background blurs the edge, which
+    left a line of shadowed paper along it as ink, as dark as the strokes once stretched."""
+    size, at, (h, w) = {"level": (160, (30, 130), (300, 240)), "diagonal": (120, (10, 10), (480, 480))}[edge]
+    clean = Image.new("L", (w, h), 255)
+    clean.paste(draw(text, size=size), at)
+    ys, xs = np.mgrid[0:h, 0:w]
+    inside = ys > 110 if edge == "level" else xs + ys > 480
+    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
+    page = np.asarray(clean, np.float64) * (1 - 0.55 * shade) + np.random.default_rng(0).normal(0, 3, (h, w))
+    reference = to_mnist(clean)
+    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+    assert_no_blotches(digit, reference)
+
+
 # A thin pen on a small page, a straight-edged shadow over about half of it (on the digit's side
 # or the other), falling `angle` degrees from the x axis and cutting it at `cut` of the way across.
 # Before the test for even lighting looked at a grid of at least 4 cells a side, each of these passed
