@@ -143,9 +143,12 @@ def _absolute_configs(extra: list[str]) -> list[str]:
 
 
 def _config(data: dict) -> str:
-    """The config file and any model settings given beside it on the command line."""
-    settings = re.findall(r"--model\.[\w.]+=\S+", data.get("command", ""))
-    return " ".join([f"`{data['config']}`", *(f"`{s}`" for s in settings)])
+    """The config file and any model or callback settings given beside it on the command line
+    (not the `Clock` this script adds)."""
+    command = data.get("command", "")
+    settings = re.findall(r"--model\.[\w.]+=\S+", command)
+    settings += [s for s in re.findall(r"--trainer\.callbacks\S*", command) if not s.endswith(".Clock")]
+    return " ".join([f"`{data['config']}`", *(f"`{s.replace('lightning.pytorch.callbacks.', '')}`" for s in settings)])
 
 
 def _read(paths: list[str]) -> list[dict]:
