@@ -213,8 +213,10 @@ class DigitsCLI(LightningCLI):
         if self.subcommand != "fit":
             # Only a resumed fit uses the checkpoint folder's bookkeeping; elsewhere its move is no news.
             warnings.filterwarnings("ignore", "The dirpath has changed from")
-            # Nor does it need the callbacks that saved state in the checkpoint (weight averaging's).
+            # Nor does it need the callbacks that saved state in the checkpoint (weight averaging's),
+            # which a config may still name: its state_dict holds the averaged weights already.
             warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`, callbacks used")
+            warnings.filterwarnings("ignore", "You're using the WeightAveraging callback, but loading a checkpoint outside")
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.fast_dev_run or self.trainer.interrupted:
