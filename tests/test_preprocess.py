@@ -304,6 +304,14 @@ def test_uneven_lighting_and_paper_noise_are_removed(text, darkest, noise):
     assert_no_blotches(digit, reference)
 
 
+def in_shadow(clean: Image.Image, inside: np.ndarray, depth: float, blur: float = 3) -> Image.Image:
+    """`clean` with the light `depth` lower where `inside` holds (the shadow's edge blurred by `blur`
+    pixels), and paper noise."""
+    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float64) / 255
+    page = np.asarray(clean, np.float64) * (1 - depth * shade) + np.random.default_rng(0).normal(0, 3, inside.shape)
+    return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+
+
 @pytest.mark.parametrize(("text", "side"), [(t, s) for t in "0348" for s in ("left", "top", "corner")])
 def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
     """A hand or a phone casting a soft-edged shadow over a third of the sheet (and of the digit),
@@ -313,10 +321,8 @@ def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
     w, h = clean.size
     ys, xs = np.mgrid[0:h, 0:w]
     inside = {"left": xs < w / 3, "top": ys < h / 3, "corner": xs + ys < 0.8 * w}[side]
-    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
-    page = np.asarray(clean, np.float64) * (1 - 0.5 * shade) + np.random.default_rng(0).normal(0, 3, (h, w))
     reference = to_mnist(clean)
-    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    digit = to_mnist(in_shadow(clean, inside, 0.5))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
     assert_no_blotches(digit, reference)
@@ -334,10 +340,8 @@ def test_a_small_digit_beside_a_shadow_over_most_of_the_page(text, shaded):
     clean.paste(draw(text, size=140), (10, 10))
     ys, xs = np.mgrid[0:480, 0:480]
     inside = xs + ys > (1 - shaded) * 960
-    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
-    page = np.asarray(clean, np.float64) * (1 - 0.5 * shade) + np.random.default_rng(0).normal(0, 3, (480, 480))
     reference = to_mnist(clean)
-    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    digit = to_mnist(in_shadow(clean, inside, 0.5))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
     assert_no_blotches(digit, reference)
@@ -352,10 +356,8 @@ def test_a_shadow_holding_the_digit_is_not_taken_for_a_table_around_the_sheet(te
     clean.paste(draw(text, size=160), {"left": (10, 60), "right": (70, 60)}[side])
     xs = np.mgrid[0:300, 0:240][1]
     inside = xs < 180 if side == "left" else xs > 60
-    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
-    page = np.asarray(clean, np.float64) * (1 - 0.55 * shade) + np.random.default_rng(0).normal(0, 3, (300, 240))
     reference = to_mnist(clean)
-    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    digit = to_mnist(in_shadow(clean, inside, 0.55))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
 
@@ -371,10 +373,8 @@ def test_the_edge_of_a_sharp_shadow_is_no_stroke(text, edge):
     clean.paste(draw(text, size=size), at)
     ys, xs = np.mgrid[0:h, 0:w]
     inside = ys > 110 if edge == "level" else xs + ys > 480
-    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float64) / 255
-    page = np.asarray(clean, np.float64) * (1 - 0.55 * shade) + np.random.default_rng(0).normal(0, 3, (h, w))
     reference = to_mnist(clean)
-    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    digit = to_mnist(in_shadow(clean, inside, 0.55))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
     assert_no_blotches(digit, reference)
@@ -396,10 +396,8 @@ def test_a_thin_digit_on_a_small_page_half_in_shadow(text, width, height, size, 
     ys, xs = np.mgrid[0:height, 0:width]
     a = np.radians(angle)
     inside = np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
-    shade = np.asarray(Image.fromarray((255 * inside).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float64) / 255
-    page = np.asarray(clean, np.float64) * (1 - depth * shade) + np.random.default_rng(0).normal(0, 3, (height, width))
     reference = to_mnist(clean)
-    digit = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+    digit = to_mnist(in_shadow(clean, inside, depth, blur))
     assert_mnist_digit(digit)
     assert difference(digit, reference) < SAME
     assert_no_blotches(digit, reference)
