@@ -283,6 +283,17 @@ def assert_no_blotches(digit: np.ndarray, reference: np.ndarray) -> None:
     assert digit[around == 0].max(initial=0) < 32, np.argwhere((digit >= 32) & (around == 0))
 
 
+def assert_reads_as_clean(image: Image.Image, clean: Image.Image, blotches: bool = True) -> None:
+    """`image` (the clean drawing spoilt) reads as `clean` does: an MNIST-like digit, the same one,
+    and (with `blotches`) nothing lit around its ink."""
+    reference = to_mnist(clean)
+    digit = to_mnist(image)
+    assert_mnist_digit(digit)
+    assert difference(digit, reference) < SAME
+    if blotches:
+        assert_no_blotches(digit, reference)
+
+
 def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) -> Image.Image:
     """The drawing under light that falls from 255 to `darkest` across the page, with paper noise."""
     rng = np.random.default_rng(seed)
@@ -297,11 +308,7 @@ def lit_unevenly(image: Image.Image, darkest: int, noise: float, seed: int = 0) 
 @pytest.mark.parametrize(("darkest", "noise"), [(255, 6), (200, 0), (120, 0), (120, 8)])
 def test_uneven_lighting_and_paper_noise_are_removed(text, darkest, noise):
     clean = draw(text, size=300)
-    reference = to_mnist(clean)
-    digit = to_mnist(lit_unevenly(clean, darkest, noise))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
-    assert_no_blotches(digit, reference)
+    assert_reads_as_clean(lit_unevenly(clean, darkest, noise), clean)
 
 
 def in_shadow(clean: Image.Image, inside: np.ndarray, depth: float, blur: float = 3) -> Image.Image:
@@ -321,11 +328,7 @@ def test_a_shadow_across_the_page_is_not_taken_for_ink(text, side):
     w, h = clean.size
     ys, xs = np.mgrid[0:h, 0:w]
     inside = {"left": xs < w / 3, "top": ys < h / 3, "corner": xs + ys < 0.8 * w}[side]
-    reference = to_mnist(clean)
-    digit = to_mnist(in_shadow(clean, inside, 0.5))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
-    assert_no_blotches(digit, reference)
+    assert_reads_as_clean(in_shadow(clean, inside, 0.5), clean)
 
 
 # Before the polarity was read from a median (not a mean) and the shadow's tips cut off at the
@@ -340,11 +343,7 @@ def test_a_small_digit_beside_a_shadow_over_most_of_the_page(text, shaded):
     clean.paste(draw(text, size=140), (10, 10))
     ys, xs = np.mgrid[0:480, 0:480]
     inside = xs + ys > (1 - shaded) * 960
-    reference = to_mnist(clean)
-    digit = to_mnist(in_shadow(clean, inside, 0.5))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
-    assert_no_blotches(digit, reference)
+    assert_reads_as_clean(in_shadow(clean, inside, 0.5), clean)
 
 
 @pytest.mark.parametrize("text", "0348")
@@ -356,10 +355,7 @@ def test_a_shadow_holding_the_digit_is_not_taken_for_a_table_around_the_sheet(te
     clean.paste(draw(text, size=160), {"left": (10, 60), "right": (70, 60)}[side])
     xs = np.mgrid[0:300, 0:240][1]
     inside = xs < 180 if side == "left" else xs > 60
-    reference = to_mnist(clean)
-    digit = to_mnist(in_shadow(clean, inside, 0.55))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
+    assert_reads_as_clean(in_shadow(clean, inside, 0.55), clean, blotches=False)
 
 
 @pytest.mark.parametrize("text", "0348")
@@ -373,11 +369,7 @@ def test_the_edge_of_a_sharp_shadow_is_no_stroke(text, edge):
     clean.paste(draw(text, size=size), at)
     ys, xs = np.mgrid[0:h, 0:w]
     inside = ys > 110 if edge == "level" else xs + ys > 480
-    reference = to_mnist(clean)
-    digit = to_mnist(in_shadow(clean, inside, 0.55))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
-    assert_no_blotches(digit, reference)
+    assert_reads_as_clean(in_shadow(clean, inside, 0.55), clean)
 
 
 # A thin pen on a small page, a straight-edged shadow over about half of it (on the digit's side
@@ -396,11 +388,7 @@ def test_a_thin_digit_on_a_small_page_half_in_shadow(text, width, height, size, 
     ys, xs = np.mgrid[0:height, 0:width]
     a = np.radians(angle)
     inside = np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
-    reference = to_mnist(clean)
-    digit = to_mnist(in_shadow(clean, inside, depth, blur))
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
-    assert_no_blotches(digit, reference)
+    assert_reads_as_clean(in_shadow(clean, inside, depth, blur), clean)
 
 
 @pytest.mark.parametrize(("text", "neighbour"), [("3", "7"), ("0", "4"), ("8", "1")])
@@ -414,10 +402,7 @@ def test_a_piece_of_the_next_digit_at_the_edge_of_a_crop_is_left_out(text, neigh
     left = int(np.flatnonzero((np.asarray(next_one) < 128).any(axis=0))[0])
     cropped.paste(next_one.crop((left, 0, left + 40, 220)), (360, 20))  # its first 40 columns of ink
     assert np.asarray(cropped)[:, 360:].min() < 128 and np.asarray(cropped)[:, 250:360].min() > 128
-    reference = to_mnist(clean)
-    digit = to_mnist(cropped)
-    assert_mnist_digit(digit)
-    assert difference(digit, reference) < SAME
+    assert_reads_as_clean(cropped, clean, blotches=False)
 
 
 def marker_bar(width: int, blur: float, margin: int, slant: int) -> Image.Image:
