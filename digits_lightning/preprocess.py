@@ -135,9 +135,10 @@ def to_mnist(image: Image.Image) -> np.ndarray:
             rows, cols = slice(None), slice(None)  # not a table around the sheet: a shadow over the digit
         gray = 1 - gray[rows, cols]
     background = _background(gray)
-    ink, ruled = _unrule(_ink(gray, background))
+    residual = gray - background
+    ink, ruled = _unrule(_ink(residual))
     if np.ndim(background) and not ruled:  # under uneven light (ruled paper's lines are still in `gray`)
-        ink = _ridges(gray, ink, gray - background)
+        ink = _ridges(gray, ink, residual)
     box = _crop(ink)
     return _centre(_fit_box(box))
 
@@ -147,9 +148,9 @@ def preprocess_file(path: str | Path) -> np.ndarray:
     return to_mnist(load_image(path))
 
 
-def _ink(gray: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Ink strength in [0, 1] (0 paper, 1 the strongest ink) of bright ink on darker paper, above `background`."""
-    residual = gray - background
+def _ink(residual: np.ndarray) -> np.ndarray:
+    """Ink strength in [0, 1] (0 paper, 1 the strongest ink) from the image less its background:
+    bright ink on darker paper."""
     ink = np.clip(residual, 0, None)
     # The paper's level and noise, from the pixels below Otsu's threshold.
     threshold = _otsu(ink)
