@@ -125,7 +125,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     # tells; or a sheet of light paper fills most of the image (a photo showing the table around
     # it; then only the sheet is kept).
     sheet = light[rows, cols]
-    edges = float(np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]]).mean())
+    edges = _edges(light)
     cropped = sheet.size < light.size
     # Only where they are asked for: the median they are measured from costs about a millisecond.
     departures = _departures(gray) if 0.2 < edges <= 0.5 or cropped else None
@@ -310,22 +310,27 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # Under a shadow, Otsu's threshold may split the lit paper from the shadowed paper and the ink
     # together, and the "strokes" above are then partly the shadow. Splitting that bright class
     # again finds the ink: where its runs are far narrower than the first ones, or the middle
-    # class (the shadowed paper) lies in runs far wider than the ink's, the ink's runs are the
-    # strokes. (Where they are merely somewhat narrower, they are the cores of soft or bold strokes,
-    # and the first width stays.) Only asked where the bright class covers over a quarter of the
-    # image: a shadow that joins it covers a good share of the page; strokes alone rarely do.
+    # class (the shadowed paper) lies in runs far wider than the ink's or covers five times its
+    # area, the ink's runs are the strokes. (Where they are merely somewhat narrower, they are the
+    # cores of soft or bold strokes, and the first width stays; the soft rims of blurry strokes
+    # reach up to about four times their cores' area.) A shadow's paper near the threshold breaks into
+    # short runs, so its area tells where its runs do not. Only asked where the bright class
+    # covers over a quarter of the image: a shadow that joins it covers a good share of the page;
+    # strokes alone rarely do.
     if ink.size > 0.25 * sample.size:
         half = gray[::2, ::2]
         top = threshold + _otsu(np.clip(ink - threshold, 0, None))
-        core = _run_width(half > top)
-        if core < 0.125 * width or _run_width((half > threshold) & (half <= top)) > 2 * core:  # (at half size)
+        strong, middle = half > top, (half > threshold) & (half <= top)
+        core = _run_width(strong)
+        if core < 0.125 * width or _run_width(middle) > 2 * core or middle.sum() > 5 * strong.sum():  # (at half size)
             width = 2 * core
     # Strokes too wide for cells wider than them to fit across the image, yet no wider than a third
-    # of its long side: a bold digit cropped tight (the bar of a "1" filling a narrow frame), not a
-    # shadow, which would be as wide along the long side. Lighting cannot be told from ink there,
-    # and any finer estimate takes the strokes' middles for paper and hollows them: one level, read
-    # low, as the margin beside such strokes is mostly their soft edge.
-    if 1.5 * width > 0.6 * min(h, w) and width < 0.35 * max(h, w):
+    # of its long side and touching under 40 % of the image's edges: a bold digit cropped tight (the
+    # bar of a "1" filling a narrow frame), not a shadow, which would be as wide along the long side
+    # or lie along the edges. Lighting cannot be told from ink there, and any finer estimate takes
+    # the strokes' middles for paper and hollows them: one level, read low, as the margin beside
+    # such strokes is mostly their soft edge.
+    if 1.5 * width > 0.6 * min(h, w) and width < 0.35 * max(h, w) and _edges(gray > threshold) < 0.4:
         return np.float32(_paper(paper, lower=True))
     # (At least 4 cells a side: on 2 or 3, the paper level padded around them reaches every cell,
     # and any shadow passes for even light.)
@@ -400,6 +405,11 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
     cells[1:-1, 1:-1] = inner
     opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
     return np.asarray(opened)[1:-1, 1:-1]
+
+
+def _edges(mask: np.ndarray) -> float:
+    """The share of the image's outermost pixels that `mask` holds."""
+    return float(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean())
 
 
 def _blocks(values: np.ndarray, bh: int, bw: int, op: np.ufunc) -> np.ndarray:
