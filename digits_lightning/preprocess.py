@@ -310,13 +310,12 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # Under a shadow, Otsu's threshold may split the lit paper from the shadowed paper and the ink
     # together, and the "strokes" above are then partly the shadow. Splitting that bright class
     # again finds the ink: where its runs are far narrower than the first ones, or the middle
-    # class (the shadowed paper) lies in runs far wider than the ink's or covers five times its
-    # area, the ink's runs are the strokes. (Where they are merely somewhat narrower, they are the
-    # cores of soft or bold strokes, and the first width stays; the soft rims of blurry strokes
-    # reach up to about four times their cores' area.) A shadow's paper near the threshold breaks into
-    # short runs, so its area tells where its runs do not. Only asked where the bright class
-    # covers over a quarter of the image: a shadow that joins it covers a good share of the page;
-    # strokes alone rarely do.
+    # class (the shadowed paper) lies in runs far wider than the ink's, or covers five times the
+    # ink's area (shadowed paper about the threshold breaks into short runs; the soft rims of
+    # blurry strokes reach about four times their cores), the ink's runs are the strokes. (Where
+    # they are merely somewhat narrower, they are the cores of soft or bold strokes, and the first
+    # width stays.) Only asked where the bright class covers over a quarter of the image: a shadow
+    # that joins it covers a good share of the page; strokes alone rarely do.
     if ink.size > 0.25 * sample.size:
         half = gray[::2, ::2]
         top = threshold + _otsu(np.clip(ink - threshold, 0, None))
