@@ -79,6 +79,9 @@ def child(fit_args: list[str]) -> None:
     imported_ours = time.perf_counter() - START - imported
     main(fit_args)
     print(json.dumps({"imports: torch, lightning": imported, "imports: ours": imported_ours, **spent}))
+    from digits_lightning.__main__ import exit_now
+
+    exit_now(0)  # as `python -m digits_lightning` ends
 
 
 def run(command: list[str], cwd: str) -> tuple[str, float]:
