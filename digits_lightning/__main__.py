@@ -29,7 +29,7 @@ def run() -> None:
 
 def exit_now(code: object) -> None:
     """End the process as Python's own exit would, less its teardown of every module: with torch
-    and Lightning loaded that teardown takes about 0.7 s of each command (a third of `--help`) and
+    and Lightning loaded that teardown takes about 0.7 s of each command (a quarter of `--help`) and
     frees nothing the system would not. The command's threads, exit handlers and output are
     finished first, as Python finishes them; an exception (our bug) never comes here and ends with
     its traceback and the usual teardown."""

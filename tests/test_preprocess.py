@@ -396,7 +396,7 @@ def straight_shadow(width: int, height: int, angle: float, cut: float) -> np.nda
     return np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
 
 
-# A deep shadow (the paper at a third to two fifths of the light) over half or more of a small page,
+# A deep shadow (the paper there at about a third of the light) over half or more of a small page,
 # the digit in the lit part. Each of these was read as the shadow: either the shadowed paper joined
 # the ink and, along the long side, passed for the bar of a bold digit cropped tight, or its paper
 # lay about Otsu's threshold, in runs too short to tell it from the strokes' soft rims.
