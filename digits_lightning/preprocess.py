@@ -194,7 +194,7 @@ def _paper(values: np.ndarray, lower: bool = False) -> float:
     if not values.size:
         return 0.0
     lo, step = float(values.min()), max(float(values.max() - values.min()), 1e-6) / 64
-    counts = np.bincount(np.minimum(((values - lo) / step).astype(np.int32), 63), minlength=64)
+    counts = np.bincount(np.minimum(((values - lo) / step).astype(np.intp), 63), minlength=64)
     if lower:
         counts = counts[:32]
     peak = lo + (int(np.argmax(counts)) + 0.5) * step
@@ -431,15 +431,14 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
     """Otsu's threshold: the level that best splits the values into two classes."""
     values = values.ravel()[:: max(1, values.size // 16384)]  # a histogram needs no more than a sample
     top = max(float(values.max()), 1e-6)
-    index = (values * (bins / top)).astype(np.int32)
+    index = (values * (bins / top)).astype(np.intp)  # bincount's own type: no copy
     counts = np.bincount(np.minimum(index, bins - 1, out=index), minlength=bins)
     mass = np.cumsum(counts * ((np.arange(bins) + 0.5) * (top / bins)))
     weight = np.cumsum(counts)
     total, total_mass = weight[-1], mass[-1]
     low, mass, high = weight[:-1], mass[:-1], total - weight[:-1]  # the classes below and above each split
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = low * high * (mass / low - (total_mass - mass) / high) ** 2
-    between[(low == 0) | (high == 0)] = -1.0  # a split with an empty class
+    # A split with an empty class scores 0 (low * high), below any split of two classes.
+    between = low * high * (mass / np.maximum(low, 1) - (total_mass - mass) / np.maximum(high, 1)) ** 2
     return (int(np.argmax(between)) + 1) * (top / bins)
 
 
