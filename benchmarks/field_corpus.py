@@ -337,14 +337,15 @@ def reading_with(source: str):
 
 
 def load_classifier(ckpt: Path):
-    """A function from uint8 `[N, 28, 28]` (white ink on black) to predicted digits; the model
-    normalises its [0, 1] input itself."""
+    """A function from uint8 `[N, 28, 28]` (white ink on black) to predicted digits, as `predict`
+    computes them (with the checkpoint's test-time augmentation, if any); the model normalises its
+    [0, 1] input itself."""
     model = checkpoints.load_classifier(ckpt)
 
     @torch.no_grad()
     def classify(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(images).unsqueeze(1).float().div_(255)
-        return torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).numpy()
+        return torch.cat([model.evaluate(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).numpy()
 
     return classify
 

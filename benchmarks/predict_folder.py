@@ -85,8 +85,9 @@ def train_default(data_dir: str, cache_dir: str, workdir: Path) -> Path:
 
 @torch.no_grad()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Of uint8 `[N, 28, 28]` digits; the model takes them scaled to [0, 1]."""
-    predicted = torch.cat([model(images[i : i + 1000].unsqueeze(1) / 255).argmax(1) for i in range(0, len(images), 1000)])
+    """Of uint8 `[N, 28, 28]` digits, as `predict` computes them (with the checkpoint's test-time
+    augmentation, if any); the model takes them scaled to [0, 1]."""
+    predicted = torch.cat([model.evaluate(images[i : i + 1000].unsqueeze(1) / 255).argmax(1) for i in range(0, len(images), 1000)])
     return 100 * float((predicted == labels).float().mean())
 
 
