@@ -457,6 +457,30 @@ def stroke_width(digit: np.ndarray) -> float:
     return 2 * mask.sum() / max(int((mask & ~inner).sum()), 1)
 
 
+def stretched_bar(width: int, soft: bool = False) -> Image.Image:
+    """A slanted bar `width` pixels wide on a 200x200 page (a "1"), binarised, its box stretched to
+    fill 16x16 (nearest) and stored 5 times larger, as binarised scans of digits squared to their
+    box are: two gray levels. `soft`: stored larger bilinearly instead, with gray edges."""
+    page = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(page).line([(120, 15), (80, 185)], fill=0, width=width)
+    ink = np.asarray(page) < 128
+    ys, xs = np.nonzero(ink)
+    square = Image.fromarray(~ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]).resize((16, 16), Image.Resampling.NEAREST)
+    if soft:
+        return square.convert("L").resize((80, 80), Image.Resampling.BILINEAR)
+    return square.resize((80, 80), Image.Resampling.NEAREST)
+
+
+@pytest.mark.parametrize("width", [24, 32, 36])
+def test_the_wide_strokes_of_a_binarised_digit_squared_to_its_box_are_thinned(width):
+    """Stretched to fill its square, a slanted "1" becomes a bar over 6 pixels wide in MNIST's 20x20
+    box. With hard edges (two gray levels, a 1-bit scan) it is brought toward MNIST's stroke width;
+    with soft ones (a bold pen, a blurry upscale) it is left as wide as drawn."""
+    hard, soft = to_mnist(stretched_bar(width)), to_mnist(stretched_bar(width, soft=True))
+    assert_mnist_digit(hard)
+    assert stroke_width(hard) < 5.5 < stroke_width(soft)
+
+
 PEN = {  # digits drawn as 1-pixel polylines, as a drawing program's thinnest pen would
     "7": [(110, 80), (290, 80), (170, 330)],
     "4": [(240, 330), (240, 70), (100, 250), (300, 250)],
