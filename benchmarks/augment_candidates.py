@@ -45,8 +45,10 @@ def fit(workdir: Path, data_dir: str, cache_dir: str, seed: int, looks: dict[str
     done = subprocess.run(
         [sys.executable, "-m", "digits_lightning", "fit", f"--seed_everything={seed}", f"--data.data_dir={data_dir}",
          f"--data.cache_dir={cache_dir}", "--trainer.enable_progress_bar=false", "--trainer.logger=false", *settings],
-        cwd=workdir, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=workdir, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"fit in {workdir} failed:\n{done.stderr[-3000:]}")
     test = float(re.search(r"Test accuracy: ([\d.]+)%", done.stdout).group(1))
     return next((workdir / "checkpoints" / "cnn").glob("epoch=*.ckpt")), test
 
