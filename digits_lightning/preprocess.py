@@ -117,8 +117,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
     gray = grayscale(image)
-    # Two gray levels only: a binarised scan or a 1-bit drawing, whose strokes have no soft edges.
-    binary = not np.logical_and(gray > gray.min(), gray < gray.max()).any()
+    original = gray  # as read: whether it holds two gray levels only is asked of wide strokes
     light = gray > _otsu(gray)
     rows, cols = _page(light)
     # Dark ink on light paper, the usual case, is inverted: the paper is what most of the image's
@@ -142,7 +141,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     if np.ndim(background) and not ruled:  # under uneven light (ruled paper's lines are still in `gray`)
         ink = _ridges(gray, ink, residual)
     box = _crop(ink)
-    return _centre(_fit_box(box, binary))
+    return _centre(_fit_box(box, original))
 
 
 def preprocess_file(path: str | Path) -> np.ndarray:
@@ -498,9 +497,9 @@ def _grow(has_ink: np.ndarray, lo: int, hi: int, margin: int) -> tuple[int, int]
     return lo, hi
 
 
-def _fit_box(ink: np.ndarray, binary: bool = False) -> np.ndarray:
+def _fit_box(ink: np.ndarray, original: np.ndarray) -> np.ndarray:
     """Scale the digit so its longer side is 20 pixels (aspect kept), thickening thin pen strokes
-    first, and thinning the wide strokes of a `binary` image (two gray levels)."""
+    first, and thinning wide strokes where the `original` image holds two gray levels only."""
     big = Image.fromarray(ink.astype(np.float32), "F").resize(_longer_side(ink, STROKE_SCALE), Image.Resampling.BILINEAR)
     big = np.asarray(big)
     # Reduced from a large image, a thin line fades to half its strength: bring the strokes back to full.
@@ -509,12 +508,18 @@ def _fit_box(ink: np.ndarray, binary: bool = False) -> np.ndarray:
     width = _stroke_width(np.asarray(big))
     if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
         big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
-    elif width > 16 and binary:
+    elif width > 16 and _two_levels(original):
         # Over 4 pixels once in 20x20, with hard edges: a binarised scan of a digit stretched to fill
         # its square (as some scanned sets are) or a broad 1-bit brush. Brought back to MNIST's 3.
         big = big.filter(ImageFilter.MinFilter(min(9, 2 * round((width - 12) / 2) + 1)))
     small = np.asarray(big.resize(_longer_side(ink, BOX), Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 1)
     return small / max(float(small.max()), 1e-6)
+
+
+def _two_levels(gray: np.ndarray) -> bool:
+    """Whether `gray` holds two gray levels only: a binarised scan or a 1-bit drawing, whose strokes
+    have no soft edges (asked only of wide strokes: four passes over the image)."""
+    return not np.logical_and(gray > gray.min(), gray < gray.max()).any()
 
 
 def _longer_side(image: np.ndarray, side: int) -> tuple[int, int]:
