@@ -385,15 +385,17 @@ def test_a_thin_digit_on_a_small_page_half_in_shadow(text, width, height, size, 
     clean = Image.new("L", (width, height), 255)
     clean.paste(draw(text, size=size), at)
     clean = clean.filter(ImageFilter.MaxFilter(3))  # a thin pen: the font's strokes narrowed
-    assert_reads_as_clean(in_shadow(clean, straight_shadow(width, height, angle, cut), depth, blur), clean)
+    assert_reads_as_clean(in_straight_shadow(clean, angle, cut, depth, blur), clean)
 
 
-def straight_shadow(width: int, height: int, angle: float, cut: float) -> np.ndarray:
-    """Where a straight-edged shadow falls on a `width` x `height` page: `angle` degrees from the
-    x axis, cutting the page at `cut` of the way across."""
+def in_straight_shadow(clean: Image.Image, angle: float, cut: float, depth: float, blur: float) -> Image.Image:
+    """`clean` under a straight-edged shadow (`in_shadow`) falling `angle` degrees from the x axis
+    and cutting the page at `cut` of the way across."""
+    width, height = clean.size
     ys, xs = np.mgrid[0:height, 0:width]
     a = np.radians(angle)
-    return np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
+    inside = np.cos(a) * (xs / width - 0.5) + np.sin(a) * (ys / height - 0.5) > cut - 0.5
+    return in_shadow(clean, inside, depth, blur)
 
 
 # A deep shadow (the paper there at about a third of the light) over half or more of a small page,
@@ -408,7 +410,7 @@ def straight_shadow(width: int, height: int, angle: float, cut: float) -> np.nda
 def test_a_digit_beside_a_deep_shadow_over_most_of_a_small_page(text, width, height, size, at, angle, cut, blur, depth):
     clean = Image.new("L", (width, height), 255)
     clean.paste(draw(text, size=size), at)
-    assert_reads_as_clean(in_shadow(clean, straight_shadow(width, height, angle, cut), depth, blur), clean)
+    assert_reads_as_clean(in_straight_shadow(clean, angle, cut, depth, blur), clean)
 
 
 @pytest.mark.parametrize(("text", "neighbour"), [("3", "7"), ("0", "4"), ("8", "1")])
