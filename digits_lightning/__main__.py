@@ -33,9 +33,10 @@ def exit_now(code: object) -> None:
     frees nothing the system would not. The command's threads, exit handlers and output are
     finished first, as Python finishes them; an exception (our bug) never comes here and ends with
     its traceback and the usual teardown."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter's own exit runs first: the threading module's exit hooks (an idle
+    # ThreadPoolExecutor's workers, e.g. torch.compile's, are told to stop; joined without them, they
+    # wait forever), then a join of every thread that is not a daemon.
+    threading._shutdown()
     atexit._run_exitfuncs()  # logging's flush, multiprocessing's children, ...: what exit would run
     if code is not None and not isinstance(code, int):  # SystemExit("message"): printed, status 1
         sys.stderr.write(f"{code}\n")

@@ -90,3 +90,18 @@ def test_nothing_readable_to_predict_ends_in_status_3(fitted, tmp_path):
     with open(tmp_path / "predictions.csv", newline="") as f:
         (row,) = csv.DictReader(f)
     assert Path(row["path"]).name == "broken.png" and row["error"]
+
+
+def test_the_exit_does_not_wait_forever_for_an_idle_thread_pool(tmp_path):
+    # torch.compile (`--model.compile true`) leaves a ThreadPoolExecutor's workers waiting for work;
+    # Python's own exit tells them to stop before it joins them, and so must ours.
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from digits_lightning.__main__ import exit_now\n"
+        "pool = ThreadPoolExecutor(2)\n"
+        "print(pool.submit(sum, [1, 2]).result(), flush=True)\n"
+        "exit_now(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "3\n", done.stderr[-3000:]
