@@ -120,8 +120,10 @@ class DigitClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and self._compiled is None:
+        if self.hparams.compile and stage == "fit" and self._compiled is None:
             # Kept outside the module tree (no `_orig_mod.` keys), so checkpoints stay loadable.
+            # For training only: a `predict`, `test` or `validate` of the checkpoint later would
+            # spend seconds compiling (minutes on a cold cache) to classify a few images.
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

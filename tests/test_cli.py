@@ -228,6 +228,13 @@ def test_compiled_model_keeps_the_plain_checkpoint_keys():
     plain.load_state_dict(compiled.state_dict())
 
 
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_a_checkpoint_trained_compiled_is_not_compiled_again_to_evaluate_or_predict(stage):
+    model = CNNClassifier(compile=True)  # as loaded from the checkpoint of a `--model.compile true` fit
+    model.setup(stage)
+    assert model._compiled is None
+
+
 def test_dense_config_is_the_reference_network(in_tmp):
     from digits_lightning.cli import DigitsCLI
 
