@@ -12,7 +12,8 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
    no ink is ever taken for paper; a coarse estimate under uneven lighting, after which only
    ridges count as ink, not the steps a shadow's edge leaves), then the paper's noise, measured
    where there is no ink, is cut off and the ink stretched to full white; the lines of ruled
-   paper are erased;
+   paper are erased, and so are straight lines that run past the digit on both sides (the box
+   of a form's cell around it, the line it is written on);
 4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
 
@@ -138,6 +139,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     background = _background(gray)
     residual = gray - background
     ink, ruled = _unrule(_ink(residual))
+    ink = _unbox(ink)
     if np.ndim(background) and not ruled:  # under uneven light (ruled paper's lines are still in `gray`)
         ink = _ridges(gray, ink, residual)
     box = _crop(ink)
@@ -282,6 +284,60 @@ def _unrule(ink: np.ndarray) -> tuple[np.ndarray, bool]:
     ink[rows] = 0
     ink[:, cols] = 0
     return ink, True
+
+
+def _unbox(ink: np.ndarray) -> np.ndarray:
+    """Erases straight lines drawn apart from the digit: the box of a form's cell around it, the
+    line it is written on. A line is a thin band (under a tenth of the image) of rows, or columns,
+    inked without a break over at least half the image. It is erased where the ink that is not in
+    any such line (the digit) lies wholly on one side of it, does not touch it, and is passed by
+    it at both ends by a tenth of the digit's extent, or met there by another line (a box's
+    corner). A digit's own bars and stems join the rest of it (a "7", a "2", a "4" whose stem
+    rises past its arm), or are all there is of it (a "1"): they are kept."""
+    inked = ink > 0
+    h, w = inked.shape
+    if min(h, w) < 32:  # no room for a box around a digit, whose own strokes are as wide as lines
+        return ink
+    bands = []  # (axis, first line, past the last, first inked along it, past the last)
+    for axis, (n, length) in enumerate(((h, w), (w, h))):
+        mask = inked if axis == 0 else inked.T
+        full = np.flatnonzero(mask.sum(axis=1) >= 0.5 * length)
+        if not full.size:
+            continue
+        for band in np.split(full, np.flatnonzero(np.diff(full) > 1) + 1):
+            a, b = int(band[0]), int(band[-1]) + 1
+            along = mask[a:b].any(axis=0)
+            lo, hi = int(along.argmax()), length - int(along[::-1].argmax())
+            if b - a <= max(2, n // 10) and along[lo:hi].mean() >= 0.9:
+                bands.append((axis, a, b, lo, hi))
+    if not bands:
+        return ink
+    lines = np.zeros_like(inked)
+    for axis, a, b, _, _ in bands:  # with a line more on each side: a line's edges are soft
+        (lines if axis == 0 else lines.T)[max(0, a - 1) : b + 1] = True
+    digit = inked & ~lines
+    if digit.sum() < 0.1 * inked.sum():  # too little else to judge the lines against
+        return ink
+
+    def meets(axis: int, end: int, a: int, b: int) -> bool:  # another line crosses this one's end
+        return any(o[0] != axis and o[1] - 2 <= end <= o[2] + 2 and o[3] <= b and o[4] >= a for o in bands)
+
+    erase = np.zeros_like(inked)
+    for axis, a, b, lo, hi in bands:
+        field = digit if axis == 0 else digit.T
+        spread, across = field.any(axis=0), field.any(axis=1)
+        first, last = int(spread.argmax()), len(spread) - int(spread[::-1].argmax())
+        margin = max(2, round(0.1 * (last - first)))
+        beside = len(across) - int(across[::-1].argmax()) <= a or int(across.argmax()) >= b
+        # Touching: within the line's own width of it, its ends included (a "0" squared to its box
+        # joins its straight sides at their ends; an open "4" stops its bar just short of its stem).
+        gap = max(1, b - a)
+        near = [i for i in range(a - 1 - gap, a - 1) if i >= 0] + [i for i in range(b + 1, b + 1 + gap) if i < len(field)]
+        touching = field[near, max(0, lo - 2) : hi + 2].any()
+        ends = (lo <= first - margin or meets(axis, lo, a, b)) and (hi >= last + margin or meets(axis, hi - 1, a, b))
+        if beside and not touching and ends:
+            (erase if axis == 0 else erase.T)[max(0, a - 1) : b + 1] = True
+    return np.where(erase, np.float32(0), ink) if erase.any() else ink
 
 
 def _background(gray: np.ndarray) -> np.ndarray:

@@ -277,6 +277,48 @@ def test_a_single_bar_across_a_tight_crop_is_kept():
     assert (digit[top : top + 3] > 128).sum(axis=1).max() >= 8  # the bar: a wide run of ink at the top
 
 
+
+@pytest.mark.parametrize("text", ["3", "7", "4", "2"])
+@pytest.mark.parametrize("inset, width", [(12, 2), (24, 4)])
+def test_the_box_of_a_forms_cell_around_the_digit_is_erased(text, inset, width):
+    page = draw(text, size=240, ink=20, paper=250)
+    ImageDraw.Draw(page).rectangle([inset, inset, 239 - inset, 239 - inset], outline=20, width=width)
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < SAME  # the digit alone, scaled as if there were no box
+
+
+@pytest.mark.parametrize("text", ["3", "5", "9"])
+def test_the_line_a_digit_is_written_on_is_erased(text):
+    page = draw(text, size=240, ink=20, paper=250)
+    ImageDraw.Draw(page).line([(20, 222), (220, 222)], fill=40, width=3)  # below the digit, apart from it
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < SAME
+
+
+def strokes(size: int, *lines: tuple[int, int, int, int], width: int = 6) -> Image.Image:
+    """A digit drawn as straight strokes (x0, y0, x1, y1), dark on light."""
+    page = Image.new("L", (size, size), 250)
+    for line in lines:
+        ImageDraw.Draw(page).line(line, fill=20, width=width)
+    return page
+
+
+@pytest.mark.parametrize(
+    "name, page",
+    [
+        ("a 7: its bar ends where its stem begins", strokes(200, (40, 40, 160, 40), (160, 40, 80, 170))),
+        ("a 4 whose stem rises past its arm", strokes(200, (60, 50, 50, 120), (50, 120, 150, 120), (130, 20, 130, 180))),
+        ("a 4 drawn open, its bar short of the stem", strokes(200, (60, 50, 50, 120), (50, 120, 124, 120), (130, 20, 130, 180))),
+        ("a 1 standing on its base", strokes(200, (100, 30, 100, 170), (50, 170, 150, 170))),
+        ("a 0 squared to its box", strokes(120, (20, 30, 20, 90), (100, 30, 100, 90), (20, 30, 60, 10), (60, 10, 100, 30), (20, 90, 60, 110), (60, 110, 100, 90))),
+    ],
+)
+def test_a_digits_own_bars_and_stems_are_not_taken_for_a_box_or_a_line(name, page):
+    ink = np.asarray(page.point(lambda v: 250 - v))  # white on black, the paper at 0
+    assert difference(to_mnist(page), mnist_convention(ink)) < SAME, name  # every stroke kept
+
 def assert_no_blotches(digit: np.ndarray, reference: np.ndarray) -> None:
     """No background blotches: nothing lit beyond a pixel around the clean digit's ink."""
     around = np.asarray(Image.fromarray(reference).filter(ImageFilter.MaxFilter(5)))
