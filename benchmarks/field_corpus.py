@@ -208,6 +208,31 @@ def jpeg(digit, rng):
     return buffer.getvalue(), ".jpg"
 
 
+def boxed(digit, rng):
+    """Dark ink in the box of a form's cell: a rectangle (1-3 px) drawn around the digit, inset
+    from the image's edge by 2-8 % (a crop with a margin); some digits touch it."""
+    page = on_canvas(upscaled(digit, rng, 50, 121), rng, (1.3, 1.7))
+    h, w = page.shape
+    t, m = int(rng.integers(1, 4)), int(rng.uniform(0.02, 0.08) * min(h, w))
+    box = np.zeros_like(page)
+    box[m : m + t, m : w - m] = box[h - m - t : h - m, m : w - m] = 1
+    box[m : h - m, m : m + t] = box[m : h - m, w - m - t : w - m] = 1
+    return Image.fromarray(print_on(np.maximum(page, box), rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
+
+
+def underlined(digit, rng):
+    """Dark ink written on a line: a straight line (1-3 px) a little below the digit, running past
+    it on both sides."""
+    page = on_canvas(upscaled(digit, rng, 50, 121), rng, (1.3, 1.7))
+    h, w = page.shape
+    page = np.pad(page, ((0, h // 6), (0, 0)))
+    bottom = int(np.flatnonzero(page.max(axis=1) > 0.1)[-1])
+    t = int(rng.integers(1, 4))
+    y = min(page.shape[0] - t, bottom + int(rng.integers(2, max(3, h // 10))))
+    page[y : y + t, int(rng.uniform(0, 0.15) * w) : int(rng.uniform(0.85, 1.0) * w)] = 1
+    return Image.fromarray(print_on(page, rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
+
+
 INKS = [(20, 40, 160), (30, 70, 200), (180, 20, 30), (20, 120, 40), (90, 30, 130), (40, 40, 40)]
 PAPERS = [(255, 255, 255), (252, 248, 230), (240, 245, 255), (255, 250, 205)]
 
@@ -232,23 +257,28 @@ FAMILIES = {
     "light on dark": light_on_dark,
     "JPEG q60-90": jpeg,
     "coloured ink (RGB)": coloured,
+    "box around it": boxed,
+    "underlined": underlined,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
 
 def build(folder: Path, images: np.ndarray, labels: np.ndarray, per_family: int, seed: int) -> dict[str, list[Path]]:
-    """The corpus in `folder/<family>/`; each family gets its own digits (consecutive blocks of a shuffle)."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    if per_family * len(FAMILIES) > len(order):
-        raise SystemExit(f"--per_family {per_family} x {len(FAMILIES)} families is more than the {len(order)} digits")
+    """The corpus in `folder/<family>/`; each family gets its own digits (consecutive blocks of a
+    shuffle; the families past what the split holds, blocks of another shuffle)."""
+    if per_family > len(labels):
+        raise SystemExit(f"--per_family {per_family} is more than the {len(labels)} digits")
+    blocks = len(labels) // per_family
     files = {}
     for f, (name, render) in enumerate(FAMILIES.items()):
+        cycle, slot = divmod(f, blocks)
+        order = np.random.default_rng(seed if cycle == 0 else [seed, 1000 + cycle]).permutation(len(labels))
         sub = folder / SLUG[name]
         done = sub / ".complete"
         if not done.exists():
             sub.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, f])
-            for i in order[f * per_family : (f + 1) * per_family]:
+            for i in order[slot * per_family : (slot + 1) * per_family]:
                 image, suffix = render(images[i], rng)
                 path = sub / f"{i:05d}_{labels[i]}{suffix}"
                 if isinstance(image, bytes):
