@@ -288,7 +288,7 @@ def _unrule(ink: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _unbox(ink: np.ndarray) -> np.ndarray:
     """Erases straight lines drawn apart from the digit: the box of a form's cell around it, the
-    line it is written on. A line is a thin band (under a tenth of the image) of rows, or columns,
+    line it is written on. A line is a thin band (at most a tenth of the image) of rows, or columns,
     inked without a break over at least half the image. It is erased where the ink that is not in
     any such line (the digit) lies wholly on one side of it, does not touch it, and is passed by
     it at both ends by a tenth of the digit's extent, or met there by another line (a box's
@@ -336,7 +336,7 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
         touching = field[near, max(0, lo - 2) : hi + 2].any()
         ends = (lo <= first - margin or meets(axis, lo, a, b)) and (hi >= last + margin or meets(axis, hi - 1, a, b))
         if beside and not touching and ends:
-            (erase if axis == 0 else erase.T)[max(0, a - 1) : b + 1] = True
+            (erase if axis == 0 else erase.T)[max(0, a - 1) : b + 1, max(0, lo - 1) : hi + 1] = True
     return np.where(erase, np.float32(0), ink) if erase.any() else ink
 
 
