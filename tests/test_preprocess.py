@@ -297,6 +297,24 @@ def test_the_line_a_digit_is_written_on_is_erased(text):
     assert difference(digit, clean) < SAME
 
 
+
+@pytest.mark.parametrize("text", ["3", "8"])
+@pytest.mark.parametrize("dots", [[(30, 200)], [(25, 30), (215, 120)], [(120, 228), (20, 110), (225, 20)]])
+def test_specks_of_dust_around_the_digit_are_left_out(text, dots):
+    page = draw(text, size=240, ink=20, paper=250)
+    for x, y in dots:  # a pen's dots or dust, 5 pixels across, apart from the digit
+        ImageDraw.Draw(page).ellipse([x - 2, y - 2, x + 2, y + 2], fill=20)
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < SAME
+
+
+def test_a_digits_own_separate_stroke_is_no_speck():
+    # A "5" written in two strokes: its bar, apart from the rest, is a good share of the ink.
+    five = strokes(200, (70, 40, 150, 40), (70, 62, 70, 100), (70, 100, 140, 110), (140, 110, 140, 150), (140, 150, 60, 165), width=12)
+    ink = np.asarray(five.point(lambda v: 250 - v))
+    assert difference(to_mnist(five), mnist_convention(ink)) < SAME
+
 def strokes(size: int, *lines: tuple[int, int, int, int], width: int = 6) -> Image.Image:
     """A digit drawn as straight strokes (x0, y0, x1, y1), dark on light."""
     page = Image.new("L", (size, size), 250)
