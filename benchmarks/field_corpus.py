@@ -233,6 +233,19 @@ def underlined(digit, rng):
     return Image.fromarray(print_on(page, rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
 
 
+def specks(digit, rng):
+    """Dark ink on light paper with 1-3 dots (1-3 px across the radius) apart from the digit:
+    dust on a scan, a pen's dots."""
+    page = on_canvas(upscaled(digit, rng, 60, 121), rng, (1.6, 2.2))
+    h, w = page.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(1, 4))):
+        r = int(rng.integers(1, 4))
+        y, x = int(rng.integers(r, h - r)), int(rng.integers(r, w - r))
+        page = np.maximum(page, ((ys - y) ** 2 + (xs - x) ** 2 <= r * r).astype(np.float32))
+    return Image.fromarray(print_on(page, rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
+
+
 INKS = [(20, 40, 160), (30, 70, 200), (180, 20, 30), (20, 120, 40), (90, 30, 130), (40, 40, 40)]
 PAPERS = [(255, 255, 255), (252, 248, 230), (240, 245, 255), (255, 250, 205)]
 
@@ -259,6 +272,7 @@ FAMILIES = {
     "coloured ink (RGB)": coloured,
     "box around it": boxed,
     "underlined": underlined,
+    "specks": specks,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
