@@ -7,7 +7,8 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
 1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
 2. polarity: an image whose edges are mostly light (or, where a shadow darkens part of them,
    whose strokes are darker than the paper around them) is dark ink on light paper, which is
-   inverted (and cut to the sheet of paper where a photo shows the table around it);
+   inverted (and cut to the sheet of paper where a photo shows the table around it); a dark
+   canvas in a light frame (a drawing app's window in a screenshot) is cut to the canvas first;
 3. background: the paper's level is subtracted (one level where the image is evenly lit, so that
    no ink is ever taken for paper; a coarse estimate under uneven lighting, after which only
    ridges count as ink, not the steps a shadow's edge leaves), then the paper's noise, measured
@@ -118,8 +119,14 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
     gray = grayscale(image)
-    original = gray  # as read: whether it holds two gray levels only is asked of wide strokes
     light = gray > _otsu(gray)
+    if light.mean() < 0.6:  # a dark canvas in a light frame (a drawing app's, in a screenshot) is the image
+        rows, cols = _page(~light)
+        canvas = light[rows, cols]
+        if 0.25 * light.size <= canvas.size < light.size and canvas.mean() <= 0.3:
+            gray = gray[rows, cols]
+            light = gray > _otsu(gray)
+    original = gray  # as read: whether it holds two gray levels only is asked of wide strokes
     rows, cols = _page(light)
     # Dark ink on light paper, the usual case, is inverted: the paper is what most of the image's
     # edges show (a bold digit cropped tight may hold more ink than paper, a blurry one as much);

@@ -315,6 +315,20 @@ def test_a_digits_own_separate_stroke_is_no_speck():
     ink = np.asarray(five.point(lambda v: 250 - v))
     assert difference(to_mnist(five), mnist_convention(ink)) < SAME
 
+
+@pytest.mark.parametrize("text", ["2", "6"])
+@pytest.mark.parametrize("frame", [(20, 20, 20, 20), (60, 10, 10, 10), (30, 0, 0, 40)])
+def test_a_dark_canvas_in_a_light_window_is_read_as_light_ink_on_dark(text, frame):
+    # A screenshot of a drawing app: a white pen on its black canvas, inside the app's light window
+    # (frame: top, right, bottom, left margins; a screenshot may cut the window on some sides).
+    canvas = draw(text, size=200, ink=250, paper=15)
+    top, right, bottom, left = frame
+    shot = Image.new("L", (200 + left + right, 200 + top + bottom), 235)
+    shot.paste(canvas, (left, top))
+    digit = to_mnist(shot)
+    assert_mnist_digit(digit)
+    assert difference(digit, mnist_convention(np.asarray(canvas) - 15)) < SAME
+
 def strokes(size: int, *lines: tuple[int, int, int, int], width: int = 6) -> Image.Image:
     """A digit drawn as straight strokes (x0, y0, x1, y1), dark on light."""
     page = Image.new("L", (size, size), 250)
