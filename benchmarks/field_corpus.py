@@ -246,6 +246,17 @@ def specks(digit, rng):
     return Image.fromarray(print_on(page, rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
 
 
+def screenshot(digit, rng):
+    """A drawing app's dark canvas with a light pen, inside the app's light window, as a
+    screenshot holds it: margins of 5-20 % of the canvas, none on some sides (a cut window)."""
+    canvas = print_on(on_canvas(upscaled(digit, rng), rng, (1.3, 1.7)), rng.uniform(0, 60), rng.uniform(170, 255), rng, 2)
+    h, w = canvas.shape
+    top, right, bottom, left = (int(rng.uniform(0.05, 0.2) * max(h, w)) if rng.random() < 0.8 else 0 for _ in range(4))
+    shot = np.full((h + top + bottom, w + left + right), int(rng.uniform(200, 250)), np.uint8)
+    shot[top : top + h, left : left + w] = canvas
+    return Image.fromarray(shot), ".png"
+
+
 INKS = [(20, 40, 160), (30, 70, 200), (180, 20, 30), (20, 120, 40), (90, 30, 130), (40, 40, 40)]
 PAPERS = [(255, 255, 255), (252, 248, 230), (240, 245, 255), (255, 250, 205)]
 
@@ -273,6 +284,7 @@ FAMILIES = {
     "box around it": boxed,
     "underlined": underlined,
     "specks": specks,
+    "dark canvas in a light window": screenshot,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
