@@ -4,7 +4,8 @@ The reference systems only invert and resize, which fails on real files: MNIST d
 size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of mass in a 28x28
 field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
 
-1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth);
+1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth), less
+   salt-and-pepper noise (single pixels far from all their neighbours);
 2. polarity: an image whose edges are mostly light (or, where a shadow darkens part of them,
    whose strokes are darker than the paper around them) is dark ink on light paper, which is
    inverted (and cut to the sheet of paper where a photo shows the table around it); a dark
@@ -118,7 +119,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
             image = image.convert("RGBA" if image.has_transparency_data else "L")
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
-    gray = grayscale(image)
+    gray = _without_impulses(grayscale(image))
     light = gray > _otsu(gray)
     if light.mean() < 0.6:  # a dark canvas in a light frame (a drawing app's, in a screenshot) is the image
         rows, cols = _page(~light)
@@ -151,6 +152,30 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         ink = _ridges(gray, ink, residual)
     box = _crop(ink)
     return _centre(_fit_box(box, original))
+
+
+def _without_impulses(gray: np.ndarray) -> np.ndarray:
+    """`gray` with each pixel that is darker, or lighter, than all 8 of its neighbours by over a
+    quarter of the range (salt-and-pepper noise: a fax, an old scan) set to its neighbours' middle.
+    A stroke, however thin, has neighbours of its own along it and is kept."""
+    h, w = gray.shape
+    if min(h, w) < 3:
+        return gray
+    # First the quick question: does any pixel stand out from both of its neighbours in its row?
+    # (Most images have none: their strokes are wider than a pixel.)
+    left, right = gray[:, 1:-1] - gray[:, :-2], gray[:, 1:-1] - gray[:, 2:]
+    if not (np.minimum(np.abs(left), np.abs(right)) > 0.25).any():
+        return gray
+    p = np.pad(gray, 1, mode="edge")
+    around = [p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    lo, hi = around[0].copy(), around[0].copy()
+    for a in around[1:]:
+        np.minimum(lo, a, out=lo)
+        np.maximum(hi, a, out=hi)
+    odd = (gray < lo - 0.25) | (gray > hi + 0.25)
+    if not odd.any():
+        return gray
+    return np.where(odd, (lo + hi) / 2, gray)
 
 
 def preprocess_file(path: str | Path) -> np.ndarray:

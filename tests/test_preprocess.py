@@ -329,6 +329,18 @@ def test_a_dark_canvas_in_a_light_window_is_read_as_light_ink_on_dark(text, fram
     assert_mnist_digit(digit)
     assert difference(digit, mnist_convention(np.asarray(canvas) - 15)) < SAME
 
+
+@pytest.mark.parametrize("text", ["5", "8"])
+@pytest.mark.parametrize("share", [0.003, 0.01])  # of the pixels: up to about 1 % (denser noise leaves clusters)
+def test_salt_and_pepper_noise_is_removed(text, share):
+    # A fax or an old scan: single pixels gone black or white all over the page.
+    page = np.asarray(draw(text, size=240, ink=20, paper=250)).copy()
+    hit = np.random.default_rng(0).random(page.shape)
+    page[hit < share / 2], page[hit > 1 - share / 2] = 0, 255
+    digit = to_mnist(Image.fromarray(page))
+    assert_mnist_digit(digit)
+    assert difference(digit, expected(text, size=240)) < SAME
+
 def strokes(size: int, *lines: tuple[int, int, int, int], width: int = 6) -> Image.Image:
     """A digit drawn as straight strokes (x0, y0, x1, y1), dark on light."""
     page = Image.new("L", (size, size), 250)
@@ -703,3 +715,11 @@ def test_uploaded_bytes_read_as_the_file_does(tmp_path, suffix):
     draw("4", size=300).convert("RGB").save(path)
     assert np.array_equal(to_mnist(load_image(path.read_bytes())), preprocess_file(path))
     assert np.array_equal(to_mnist(load_image(bytearray(path.read_bytes()))), preprocess_file(path))
+
+
+def test_a_pen_one_pixel_wide_is_not_taken_for_noise():
+    from digits_lightning.preprocess import _without_impulses
+
+    page = strokes(60, (10, 10, 50, 10), (30, 10, 30, 50), (10, 50, 50, 20), (12, 30, 14, 31), width=1)
+    gray = np.asarray(page, np.float32) / 255
+    assert np.array_equal(_without_impulses(gray), gray)  # horizontal, vertical, slanted: all kept
