@@ -246,6 +246,15 @@ def specks(digit, rng):
     return Image.fromarray(print_on(page, rng.uniform(200, 255), rng.uniform(0, 70), rng)), ".png"
 
 
+def salt_and_pepper(digit, rng):
+    """Dark ink on light paper with 0.1-1 % of the pixels gone black or white, as a fax or an old
+    scan has them."""
+    page = print_on(on_canvas(upscaled(digit, rng), rng), rng.uniform(200, 255), rng.uniform(0, 70), rng)
+    hit, share = rng.random(page.shape), rng.uniform(0.001, 0.01)
+    page[hit < share / 2], page[hit > 1 - share / 2] = 0, 255
+    return Image.fromarray(page), ".png"
+
+
 def screenshot(digit, rng):
     """A drawing app's dark canvas with a light pen, inside the app's light window, as a
     screenshot holds it: margins of 5-20 % of the canvas, none on some sides (a cut window)."""
@@ -285,6 +294,7 @@ FAMILIES = {
     "underlined": underlined,
     "specks": specks,
     "dark canvas in a light window": screenshot,
+    "salt-and-pepper noise": salt_and_pepper,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
