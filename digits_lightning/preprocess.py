@@ -16,7 +16,8 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
    where there is no ink, is cut off and the ink stretched to full white; the lines of ruled
    paper are erased, and so are straight lines that run past the digit on both sides (the box
    of a form's cell around it, the line it is written on);
-4. the ink's bounding box is scaled into 20x20 (thin pen strokes are thickened to MNIST's width);
+4. the ink's bounding box (specks apart from the digit left out) is scaled into 20x20 (thin pen
+   strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
 
 The result is uint8, as MNIST's own images; scaled to [0, 1] it is what the model takes (the
