@@ -472,10 +472,21 @@ def _ridges(gray: np.ndarray, ink: np.ndarray, residual: np.ndarray) -> np.ndarr
 
 
 def _dilate3(mask: np.ndarray) -> np.ndarray:
-    """`mask` grown by a pixel in all eight directions, as two 1-D passes."""
-    p = np.pad(mask, 1)
-    rows = p[:, :-2] | p[:, 1:-1] | p[:, 2:]
-    return rows[:-2] | rows[1:-1] | rows[2:]
+    """`mask` grown by a pixel in all eight directions."""
+    return _filter3(mask, np.maximum)
+
+
+def _filter3(values: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """`op` (np.minimum or np.maximum) over each pixel's 3x3 neighbourhood, the edges repeated
+    beyond the border, as two 1-D passes (Pillow's rank filters sort every neighbourhood: up to
+    3x slower on the cell grids here)."""
+    rows = values.copy()
+    op(rows[:, 1:], values[:, :-1], out=rows[:, 1:])
+    op(rows[:, :-1], values[:, 1:], out=rows[:, :-1])
+    out = rows.copy()
+    op(out[1:], rows[:-1], out=out[1:])
+    op(out[:-1], rows[1:], out=out[:-1])
+    return out
 
 
 def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> np.ndarray:
@@ -492,8 +503,7 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
     inner = np.asarray(cells)
     cells = np.full((inner.shape[0] + 2, inner.shape[1] + 2), paper, np.float32)
     cells[1:-1, 1:-1] = inner
-    opened = Image.fromarray(cells, "F").filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-    return np.asarray(opened)[1:-1, 1:-1]
+    return _filter3(_filter3(cells, np.minimum), np.maximum)[1:-1, 1:-1]
 
 
 def _edges(mask: np.ndarray) -> float:
