@@ -405,14 +405,22 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # blurry strokes reach about four times their cores), the ink's runs are the strokes. (Where
     # they are merely somewhat narrower, they are the cores of soft or bold strokes, and the first
     # width stays.) Only asked where the bright class covers over a quarter of the image: a shadow
-    # that joins it covers a good share of the page; strokes alone rarely do.
-    if ink.size > 0.25 * sample.size:
+    # that joins it covers a good share of the page; strokes alone rarely do. Where the light falls
+    # off within a shadow, the second split may fall inside the shadow too, and the ink is split off
+    # a third time; there, only a middle class that clearly is shadowed paper counts (the cores of
+    # blurry strokes are many times narrower than their first width too).
+    low, bright = threshold, ink
+    for split in range(2):
+        if bright.size <= 0.25 * sample.size:
+            break
         half = gray[::2, ::2]
-        top = threshold + _otsu(np.clip(ink - threshold, 0, None))
-        strong, middle = half > top, (half > threshold) & (half <= top)
+        top = low + _otsu(np.clip(bright - low, 0, None))
+        strong, middle = half > top, (half > low) & (half <= top)
         core = _run_width(strong)
-        if core < 0.125 * width or _run_width(middle) > 2 * core or middle.sum() > 5 * strong.sum():  # (at half size)
+        narrower = split == 0 and core < 0.125 * width
+        if narrower or _run_width(middle) > 2 * core or middle.sum() > 5 * strong.sum():  # (at half size)
             width = 2 * core
+        low, bright = top, bright[bright > top]
     # Strokes too wide for cells wider than them to fit across the image, yet no wider than a third
     # of its long side and touching under 40 % of the image's edges: a bold digit cropped tight (the
     # bar of a "1" filling a narrow frame), not a shadow, which would be as wide along the long side
