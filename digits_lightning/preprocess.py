@@ -5,7 +5,8 @@ size-normalised into a 20x20 box (aspect ratio kept) and centred by centre of ma
 field, on a clean black background. `to_mnist` does the same to a photo, a scan or a drawing:
 
 1. grayscale (EXIF orientation, transparency composited on white, any mode or bit depth), less
-   salt-and-pepper noise (single pixels far from all their neighbours);
+   salt-and-pepper noise (single pixels far from all their neighbours), and through a 3x3 median
+   where the whole image is grainy (a photo in dim light);
 2. polarity: an image whose edges are mostly light (or, where a shadow darkens part of them,
    whose strokes are darker than the paper around them) is dark ink on light paper, which is
    inverted (and cut to the sheet of paper where a photo shows the table around it); a dark
@@ -38,6 +39,7 @@ WORK_SIZE = 512  # images are reduced to at most this many pixels a side before 
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20x20 box inside a 28x28 field
 STROKE_SCALE = 80  # the digit is examined for thin strokes at this size (4x the box)
 NOISY = 0.002  # paper noise (standard deviation, share of the gray range) above half a gray level
+NOISY_PIXELS = 0.04  # pixel noise (standard deviation) above 10 gray levels is smoothed first
 MIN_CONTRAST = 0.03  # ink must differ from the paper by this share of the full gray range (8 of 255 levels)
 DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16-bit, 32-bit and float images
 BLANK = "no digit found: the image is blank or has too little contrast"
@@ -120,7 +122,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
             image = image.convert("RGBA" if image.has_transparency_data else "L")
         image = image.copy()
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
-    gray = _without_impulses(grayscale(image))
+    gray = _smoothed(_without_impulses(grayscale(image)))
     light = gray > _otsu(gray)
     if light.mean() < 0.6:  # a dark canvas in a light frame (a drawing app's, in a screenshot) is the image
         rows, cols = _page(~light)
@@ -181,6 +183,17 @@ def _without_impulses(gray: np.ndarray) -> np.ndarray:
     gray = gray.copy()
     gray[ys[odd], xs[odd]] = ((lo + hi) / 2)[odd]
     return gray
+
+
+def _smoothed(gray: np.ndarray) -> np.ndarray:
+    """`gray` through a 3x3 median filter where its pixels are noisy, by over 10 gray levels (a
+    photo taken in dim light, a grainy scan): else the paper's grain passes for ink, and the digit's
+    box becomes the page. The noise is read from neighbours' differences across a quarter of the
+    rows (their median: the strokes' edges are few beside the paper's pixels)."""
+    bend = np.abs(np.diff(gray[::4], 2, axis=1)).ravel()
+    if bend.size < 64 or 0.605 * _middle(bend) <= NOISY_PIXELS:  # (0.605: a Gaussian's sigma from that median)
+        return gray
+    return np.asarray(Image.fromarray(np.ascontiguousarray(gray, np.float32), "F").filter(ImageFilter.MedianFilter(3)))
 
 
 def preprocess_file(path: str | Path) -> np.ndarray:
