@@ -255,6 +255,13 @@ def salt_and_pepper(digit, rng):
     return Image.fromarray(page), ".png"
 
 
+def grainy(digit, rng):
+    """Dark ink on gray paper with heavy grain on every pixel (15-35 gray levels), as a photo taken
+    in dim light has it."""
+    page = on_canvas(upscaled(digit, rng), rng, (1.3, 2.0))
+    return Image.fromarray(print_on(page, rng.uniform(150, 220), rng.uniform(20, 70), rng, rng.uniform(15, 35))), ".png"
+
+
 def screenshot(digit, rng):
     """A drawing app's dark canvas with a light pen, inside the app's light window, as a
     screenshot holds it: margins of 5-20 % of the canvas, none on some sides (a cut window)."""
@@ -295,6 +302,7 @@ FAMILIES = {
     "specks": specks,
     "dark canvas in a light window": screenshot,
     "salt-and-pepper noise": salt_and_pepper,
+    "grainy photo": grainy,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
