@@ -188,8 +188,9 @@ def _without_impulses(gray: np.ndarray) -> np.ndarray:
 def _smoothed(gray: np.ndarray) -> np.ndarray:
     """`gray` through a 3x3 median filter where its pixels are noisy, by over 10 gray levels (a
     photo taken in dim light, a grainy scan): else the paper's grain passes for ink, and the digit's
-    box becomes the page. The noise is read from neighbours' differences across a quarter of the
-    rows (their median: the strokes' edges are few beside the paper's pixels)."""
+    box becomes the page. The noise is read from the second differences along a quarter of the
+    rows (their median: the soft edge of a blurry stroke, a straight ramp, leaves none, and sharp
+    edges are few beside the paper's pixels)."""
     bend = np.abs(np.diff(gray[::4], 2, axis=1)).ravel()
     if bend.size < 64 or 0.605 * _middle(bend) <= NOISY_PIXELS:  # (0.605: a Gaussian's sigma from that median)
         return gray
