@@ -108,6 +108,9 @@ def grayscale(image: Image.Image) -> np.ndarray:
     if image.mode in DEEP_MODES:
         # 16-bit and float images: Pillow's conversion to "L" clips, so scale by the range instead.
         values = np.asarray(image, dtype=np.float32)
+        finite = np.isfinite(values)
+        if not finite.all():  # no data (NaN, infinities in a float image): taken for the background
+            values = np.where(finite, values, np.median(values[finite]) if finite.any() else 0)
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
         if image.mode == "F" and values.max(initial=0) <= 1:
             top = 1.0  # float images usually hold 0.0-1.0

@@ -143,6 +143,19 @@ def test_float_image_in_unit_range(tmp_path, three):
     assert difference(digit, three) < SAME
 
 
+def test_float_image_with_missing_values(tmp_path, three):
+    """NaN and infinite pixels (no data, in a float TIFF from a scientific tool) are background:
+    the digit reads as without them (they crashed Otsu's histogram once), and an image of nothing
+    else is blank."""
+    values = 1 - three.astype(np.float32) / 255
+    values[:4, :4], values[-3:, 10:20], values[5, -5:] = np.nan, np.inf, -np.inf
+    Image.fromarray(values, "F").save(tmp_path / "gaps.tif")
+    assert difference(preprocess_file(tmp_path / "gaps.tif"), three) < SAME
+    Image.fromarray(np.full((40, 40), np.nan, np.float32), "F").save(tmp_path / "empty.tif")
+    with pytest.raises(ImageError, match="no digit found"):
+        preprocess_file(tmp_path / "empty.tif")
+
+
 def test_multi_frame_gif_uses_the_first_frame(tmp_path):
     path = tmp_path / "anim.gif"
     first, *rest = [draw(d).convert("P") for d in "471"]
