@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import write_tiny_mnist
 
@@ -28,6 +29,16 @@ def real_mnist() -> Path:
     if not all((REAL_MNIST / f).exists() for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")):
         pytest.skip(f"real MNIST archives not found in {REAL_MNIST} (set DIGITS_MNIST_DIR to the folder holding them)")
     return REAL_MNIST
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, as a small model trains fastest beside other processes;
+    the count is given back after it, since later tests' results depend on it (see test_reliability)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

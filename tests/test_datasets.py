@@ -256,11 +256,10 @@ def letters(tmp_path_factory) -> tuple[Path, str]:
     return folder / "emnist", written["md5"]
 
 
-def test_letters_train_save_their_names_and_convention_and_predict_letters(letters, tmp_path, monkeypatch, capsys, caplog):
+def test_letters_train_save_their_names_and_convention_and_predict_letters(letters, tmp_path, monkeypatch, capsys, caplog, one_thread):
     data, md5 = letters
     monkeypatch.setattr(EMNIST, "md5", md5)
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)
     main([*FIT, "--trainer.max_epochs=4", f"--data.data_dir={data}", f"--data.cache_dir={tmp_path / 'cache'}",
           "--data.dataset=emnist-letters", "--data.augment=null"])  # fmt: skip
     (best,) = (tmp_path / "checkpoints" / "cnn").glob("epoch=*.ckpt")
@@ -330,9 +329,8 @@ def test_prediction_images_follow_the_models_convention(tmp_path):
     assert abs(boxes["emnist"][1] - 13.5) <= 1
 
 
-def test_fashion_trains_and_predicts_class_names(fashion_official, tmp_path, monkeypatch):
+def test_fashion_trains_and_predicts_class_names(fashion_official, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)
     main([*FIT, "--trainer.max_epochs=2", f"--data.data_dir={tmp_path / 'official'}", f"--data.cache_dir={tmp_path / 'cache'}",
           "--data.dataset=fashion", "--data.flip=0.5"])  # fmt: skip
     (best,) = (tmp_path / "checkpoints" / "cnn").glob("epoch=*.ckpt")

@@ -67,6 +67,13 @@ def logged(workdir: Path) -> dict[str, float]:
     return {tag: events.Scalars(tag)[-1].value for tag in METRICS if tag in events.Tags()["scalars"]}
 
 
+def same_threads_env() -> dict[str, str]:
+    """The environment for a run in a subprocess that resumes, or is resumed by, runs in this process:
+    torch on as many threads as here, since float sums split over other thread counts differ in
+    their last bits, and "the same result" means bit for bit."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=True, map_location="cpu")["state_dict"]
 
@@ -92,8 +99,7 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist, referenc
     command = [sys.executable, "-m", "digits_lightning", *fit_args(tiny_mnist)]
     last = tmp_path / "checkpoints" / "dense" / "last.ckpt"
     with open(tmp_path / "killed.log", "w") as log:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        run = subprocess.Popen(command, cwd=tmp_path, env=same_threads_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         while not last.exists() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -133,8 +139,7 @@ main(sys.argv[1:])
 @pytest.mark.slow
 def test_fit_killed_between_best_and_last_checkpoint_resumes_to_the_same_result(tiny_mnist, reference, tmp_path):
     # The narrowest window: epoch 1's best checkpoint is written (and epoch 0's deleted), last.ckpt not yet.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-c", DIE_BEFORE_SECOND_LAST_CKPT, *fit_args(tiny_mnist)], cwd=tmp_path, env=env,
+    killed = subprocess.run([sys.executable, "-c", DIE_BEFORE_SECOND_LAST_CKPT, *fit_args(tiny_mnist)], cwd=tmp_path, env=same_threads_env(),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     folder = tmp_path / "checkpoints" / "dense"
