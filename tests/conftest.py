@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import write_tiny_mnist
+from tests.helpers import torch_on_one_thread, write_tiny_mnist
 
 REAL_MNIST = Path(os.environ.get("DIGITS_MNIST_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mnist"))
 
@@ -33,12 +32,9 @@ def real_mnist() -> Path:
 
 @pytest.fixture
 def one_thread():
-    """torch on one thread for the test, as a small model trains fastest beside other processes;
-    the count is given back after it, since later tests' results depend on it (see test_reliability)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """torch on one thread for the test (`helpers.torch_on_one_thread`)."""
+    with torch_on_one_thread():
+        yield
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -110,18 +111,25 @@ FIT = [
 ]
 
 
+@contextmanager
+def torch_on_one_thread():
+    """One torch thread inside the block: the tests' tiny models gain nothing from more, and lose 20x
+    when another process is busy. The count is given back after it, since later tests' results
+    depend on it (float sums over other thread counts differ in their last bits: test_reliability)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train(data_dir: Path, folder: Path, *extra: str) -> Path:
     """Fit the default CNN on `data_dir` inside `folder` with the real CLI; returns its best checkpoint."""
     from digits_lightning.cli import main
 
-    threads = torch.get_num_threads()
-    # One thread: the tiny model gains nothing from more, and loses 20x when another process is busy.
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(folder)
-            main([*FIT, f"--data.data_dir={data_dir}", *extra])
-    finally:
-        torch.set_num_threads(threads)
+    with torch_on_one_thread(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        main([*FIT, f"--data.data_dir={data_dir}", *extra])
     (best,) = (folder / "checkpoints" / "cnn").glob("epoch=*.ckpt")
     return best

@@ -58,8 +58,7 @@ def test_wrong_settings_are_named(kwargs, words):
         ResNetClassifier(**kwargs)
 
 
-def test_fit_test_and_reload_through_the_cli(tiny_mnist, in_tmp, capsys):
-    torch.set_num_threads(1)
+def test_fit_test_and_reload_through_the_cli(tiny_mnist, in_tmp, capsys, one_thread):
     main(["fit", "--config", str(CONFIG), *FIT[1:], f"--data.data_dir={tiny_mnist}", "--trainer.max_epochs=6",
           "--model.channels=[8, 16, 32]", "--data.augment=null", "--test_after_fit=true"])  # fmt: skip
     out = capsys.readouterr().out
