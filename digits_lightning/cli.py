@@ -29,6 +29,7 @@ from digits_lightning.datasets import SYMBOL_SETS
 from digits_lightning.defaults import DATA_DEFAULTS
 from digits_lightning.devices import native_bf16, skip_nvml_probe_without_gpu
 from digits_lightning.errors import EXIT_USER_ERROR, CheckpointError, SettingError, UserError, fail, user_error_in
+from digits_lightning.heap import keep_freed_memory
 from digits_lightning.models import DigitClassifier
 from digits_lightning.prediction import PredictionWriter, PredictThreads
 from digits_lightning.results import NothingPredicted
@@ -305,6 +306,7 @@ def _model_name(class_path: str) -> str:
 def run(args: list[str] | None = None) -> None:
     """One command, errors and all: ours (`samples`, ...) or Lightning's."""
     args = sys.argv[1:] if args is None else list(args)
+    keep_freed_memory()
     if args and args[0] in OWN_COMMANDS:
         module = __import__(OWN_COMMANDS[args[0]], fromlist=["main"])
         module.main(args[1:])
