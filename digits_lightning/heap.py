@@ -3,9 +3,10 @@
 Every training step allocates and frees the same large activations (the default CNN's first maps
 are 14 MB a batch). glibc's malloc hands blocks that large back to the system on `free` and maps
 fresh pages for the next step, whose first touch of each 4 KiB page is a page fault: thousands a
-step (`tests/test_heap.py`), a large share of a float32 step on a VM (docs/performance.md). Raising
-its two thresholds keeps those blocks in the heap, for a few tens of MB more at the peak; the
-results are bit for bit the same. Other C libraries (macOS, Windows, musl) are left as they are.
+step (`tests/test_heap.py`), which made a float32 `fit` on a 2-core VM train 1.15x as long
+(`benchmarks/heap_reuse.py`). Raising its two thresholds keeps those blocks in the heap, for a few
+MB more at the peak; the results are bit for bit the same. Other C libraries (macOS, Windows,
+musl) are left as they are.
 """
 
 from __future__ import annotations
