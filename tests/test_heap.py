@@ -13,8 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Default-CNN training steps on a batch of 256, in a fresh interpreter with the setting made or not.
-# Printed: whether it took, then the page faults per step once 10 steps have warmed the heap up.
+# Default-CNN training steps on a batch of 1024 (its first maps, 56 MB, are past the 32 MB up to which
+# glibc's own adaptive threshold may keep a block), in a fresh interpreter with the setting made or
+# not. Printed: whether it took, then the page faults per step once 5 steps have warmed the heap up.
 PROGRAM = """
 import resource, sys
 import torch
@@ -26,8 +27,8 @@ took = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)
 net = ConvNet().to(memory_format=torch.channels_last)
 opt = torch.optim.Adam(net.parameters())
-x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (256,))
+x = torch.rand(1024, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (1024,))
 
 def steps(n):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -37,8 +38,8 @@ def steps(n):
         opt.step()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
-steps(10)
-print(took, steps(10))
+steps(5)
+print(took, steps(5))
 """
 
 
@@ -53,9 +54,9 @@ def faults_per_step(mode: str) -> tuple[str, float]:
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_a_training_step_reuses_the_memory_the_last_one_freed():
     _, plain = faults_per_step("plain")
-    if plain < 1000:
+    if plain < 5000:
         pytest.skip(f"this C library faults {plain:.0f} pages a step without the setting: nothing to show")
     took, kept = faults_per_step("keep")
     assert took == "True"
-    # A step's activations are about 30 MB, 7,000 pages of 4 KiB: faulted in anew, or reused.
-    assert kept < 100, f"{kept:.0f} page faults a step with the setting ({plain:.0f} without)"
+    # A step's activations are about 120 MB, 30,000 pages of 4 KiB: faulted in anew, or reused.
+    assert kept < 500, f"{kept:.0f} page faults a step with the setting ({plain:.0f} without)"
