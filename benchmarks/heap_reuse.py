@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.train_speed import run_with_usage  # noqa: E402
 
 
 def child(setting: str, fit_args: list[str]) -> None:
@@ -50,14 +49,9 @@ def weights_digest(checkpoint: Path) -> str:
 
 
 def run(setting: str, fit: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile("w+") as out:
+    with tempfile.TemporaryDirectory() as cwd:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", setting, "--", *fit]
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        out.seek(0)
-        text = out.read()
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{text[-3000:]}")
+        text, _, usage = run_with_usage(command, cwd)
         weights = weights_digest(Path(cwd) / "checkpoints" / "cnn" / "last.ckpt")
     return {
         "weights": weights,
@@ -91,11 +85,11 @@ def main() -> None:
         for setting in runs:
             runs[setting].append(run(setting, fit))
     print(f"\n{'default fit (medians of ' + str(args.repeats) + ')':28} {'freed memory kept':>18} {'glibc as it is':>15}")
-    for key in [k for k in runs["with"][0] if k != "weights"]:
-        kept, plain = (statistics.median(r[key] for r in runs[s]) for s in ("with", "without"))
+    medians = {key: [statistics.median(r[key] for r in runs[s]) for s in runs] for key in runs["with"][0] if key != "weights"}
+    for key, (kept, plain) in medians.items():
         digits = 0 if key == "page faults" else 2
         print(f"{key:28} {kept:18,.{digits}f} {plain:15,.{digits}f}")
-    kept, plain = (statistics.median(r["training s"] for r in runs[s]) for s in ("with", "without"))
+    kept, plain = medians["training s"]
     print(f"training time without the setting / with it: {plain / kept:.2f}")
     digests = {r["weights"] for setting in runs for r in runs[setting]}
     print(f"trained weights: {'the same, bit for bit, in every run' if len(digests) == 1 else 'different: ' + ', '.join(digests)}")

@@ -34,6 +34,12 @@ TARGETS = {  # config: (test accuracy %, training seconds, whole-process seconds
 
 def run(command: list[str], cwd: str) -> tuple[str, float, float]:
     """Output, wall seconds and peak RSS (MB) of one child process."""
+    text, wall, usage = run_with_usage(command, cwd)
+    return text, wall, usage.ru_maxrss / 1024
+
+
+def run_with_usage(command: list[str], cwd: str) -> tuple[str, float, os.struct_rusage]:
+    """Output, wall seconds and resource usage (CPU times, page faults, peak RSS) of one child process."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -44,7 +50,7 @@ def run(command: list[str], cwd: str) -> tuple[str, float, float]:
         text = out.read()
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{text[-3000:]}")
-    return text, wall, usage.ru_maxrss / 1024
+    return text, wall, usage
 
 
 def main() -> None:
