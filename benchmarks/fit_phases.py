@@ -45,10 +45,16 @@ def child(fit_args: list[str]) -> None:
     """Run one fit with the stopwatches on; print the parts as JSON on the last line."""
     import importlib
 
-    import lightning  # noqa: F401
-    import torch  # noqa: F401
+    from digits_lightning.collector import libraries_loading
 
-    imported = time.perf_counter() - START
+    with libraries_loading():  # as `python -m digits_lightning` loads them
+        import lightning  # noqa: F401
+        import torch  # noqa: F401
+
+        imported = time.perf_counter() - START
+        for module, _ in WATCHED.values():
+            importlib.import_module(module)
+        from digits_lightning.cli import main
     spent: dict[str, float] = defaultdict(float)
     stack: list[list[float]] = []  # per open call: [start, seconds spent in watched calls inside it]
 
@@ -74,7 +80,6 @@ def child(fit_args: list[str]) -> None:
         for parent in parents:
             owner = getattr(owner, parent)
         watch(part, owner, name)
-    from digits_lightning.cli import main
 
     imported_ours = time.perf_counter() - START - imported
     main(fit_args)
@@ -138,6 +143,8 @@ def print_start_up(data_dir: str, cache: str) -> None:
     """The start-up figures: bare imports, --help, a one-image predict (trains a 1-batch model first)."""
     with tempfile.TemporaryDirectory() as cwd:
         bare = [run([sys.executable, "-c", "import torch, lightning"], cwd)[1] for _ in range(3)]
+        paused = "from digits_lightning.collector import libraries_loading\nwith libraries_loading(): import torch, lightning"
+        bare_paused = [run([sys.executable, "-c", paused], cwd)[1] for _ in range(3)]
         helps = [run([sys.executable, "-m", "digits_lightning", "--help"], cwd)[1] for _ in range(3)]
         run([sys.executable, "-m", "digits_lightning", "fit", f"--data.data_dir={Path(data_dir).resolve()}",
              f"--data.cache_dir={cache}", "--trainer.max_steps=1", "--test_after_fit=false",
@@ -151,6 +158,7 @@ def print_start_up(data_dir: str, cache: str) -> None:
                          "--trainer.enable_progress_bar=false", "--prediction.overwrite=true",
                          "--prediction.output=p.csv"], cwd)[1] for _ in range(3)]  # fmt: skip
     print(f"import torch, lightning:        {statistics.median(bare):.2f} s (runs: {', '.join(f'{t:.2f}' for t in bare)})")
+    print(f"the same, collector paused:     {statistics.median(bare_paused):.2f} s (runs: {', '.join(f'{t:.2f}' for t in bare_paused)})")
     print(f"python -m digits_lightning --help: {statistics.median(helps):.2f} s (runs: {', '.join(f'{t:.2f}' for t in helps)})")
     print(f"one-image predict, whole process: {statistics.median(predicts):.2f} s (runs: {', '.join(f'{t:.2f}' for t in predicts)})")
 

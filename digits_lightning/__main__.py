@@ -6,6 +6,8 @@ import os
 import sys
 import threading
 
+from digits_lightning.collector import libraries_loading
+
 # command -> the module whose `main(args)` runs it, without torch
 # (`serve` imports torch itself, and only to serve a checkpoint rather than an exported model.)
 WITHOUT_TORCH: dict[str, str] = {"predict-onnx": "digits_lightning.predict_onnx", "serve": "digits_lightning.serve"}
@@ -14,14 +16,15 @@ WITHOUT_TORCH: dict[str, str] = {"predict-onnx": "digits_lightning.predict_onnx"
 def run() -> None:
     args = sys.argv[1:]
     try:
-        if args and args[0] in WITHOUT_TORCH:
-            from importlib import import_module
+        with libraries_loading():  # a third of torch's and Lightning's import time is the collector's
+            if args and args[0] in WITHOUT_TORCH:
+                from importlib import import_module
 
-            import_module(WITHOUT_TORCH[args[0]]).main(args[1:])
-        else:
-            from digits_lightning.cli import main
-
-            main(args)
+                main = import_module(WITHOUT_TORCH[args[0]]).main
+                args = args[1:]
+            else:
+                from digits_lightning.cli import main
+        main(args)
     except SystemExit as stop:
         exit_now(stop.code)
     exit_now(0)

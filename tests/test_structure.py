@@ -61,7 +61,7 @@ def test_drawing_decoding_and_writing_results_need_no_torch():
     a runtime without torch (an exported model) can use them; `onnx_runtime` and `predict_onnx` are
     that runtime."""
     edges = graph()
-    for name in ("plots", "preprocess", "results", "image_files", "errors", "atomic_write", "cpus", "heap", "conventions", "onnx_runtime", "predict_onnx"):
+    for name in ("plots", "preprocess", "results", "image_files", "errors", "atomic_write", "cpus", "heap", "collector", "conventions", "onnx_runtime", "predict_onnx"):
         module = f"digits_lightning.{name}"
         for dependency in {module} | closure(module, edges):
             third_party = {m.split(".")[0] for m in imports(PACKAGE / f"{dependency.split('.')[-1]}.py")}
