@@ -66,14 +66,29 @@ class _Pictures(Callback):
         if not trainer.is_global_zero:
             return
         rgb = plots.render(fig)
-        self.written.append((label, plots.save_png(rgb, Path(log_dir) / f"{name}.png")))
+        png = plots.encode_png(rgb)
+        self.written.append((label, plots.write_png(png, Path(log_dir) / f"{name}.png")))
         if isinstance(trainer.logger, TensorBoardLogger):
-            trainer.logger.experiment.add_image(name, rgb, step, dataformats="HWC")
+            _log_png(trainer.logger.experiment, name, rgb, png, step)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for label, path in self.written:
             _say(f"{label + ':':18}{path}")
         self.written.clear()
+
+
+def _log_png(writer, tag: str, rgb: np.ndarray, png: bytes, step: int) -> None:
+    """The picture into TensorBoard as the PNG already encoded for its file: `add_image` would
+    encode the pixels a second time (0.03-0.09 s a picture, a tenth of the time around training)."""
+    file_writer = getattr(writer, "file_writer", None)  # torch's SummaryWriter; None once closed
+    if file_writer is None:
+        writer.add_image(tag, rgb, step, dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary  # loaded with the writer already
+
+    height, width, channels = rgb.shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+    file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 class TrainingPictures(_Pictures):

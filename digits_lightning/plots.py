@@ -8,6 +8,7 @@ Only numpy, matplotlib and Pillow: this module draws, and knows nothing of model
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -192,11 +193,23 @@ def render(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def encode_png(rgb: np.ndarray) -> bytes:
+    """The picture as a PNG file's bytes."""
+    out = io.BytesIO()
+    # Not optimize=True: it makes these pictures 1-2% smaller and their saving 4-6x slower.
+    Image.fromarray(rgb).save(out, format="PNG")
+    return out.getvalue()
+
+
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:
     """Writes the picture atomically: a reader (or a crash) never sees half a PNG at `path`."""
+    return write_png(encode_png(rgb), path)
+
+
+def write_png(png: bytes, path: str | Path) -> Path:
+    """Writes an encoded PNG atomically."""
     path = Path(path)
-    # Not optimize=True: it makes these pictures 1-2% smaller and their saving 4-6x slower.
-    write_atomically(path, lambda out: Image.fromarray(rgb).save(out, format="PNG"))
+    write_atomically(path, lambda out: out.write(png))
     return path
 
 

@@ -346,3 +346,23 @@ def test_contact_sheet_title_counts_the_images(shown, total, title):
     fig = plots.prediction_sheet(rows, total)
     assert fig._suptitle.get_text() == f"Predictions ({title}): as given | as the model saw it"
     assert plots.render(fig).shape[2] == 3
+
+
+def test_a_picture_goes_into_tensorboard_as_the_same_png_as_its_file(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from digits_lightning.callbacks import _log_png
+
+    rgb = plots.render(plots.sample_grid(np.random.default_rng(0).random((8, 28, 28)), list("01234567")))
+    png = plots.encode_png(rgb)
+    writer = SummaryWriter(str(tmp_path))
+    _log_png(writer, "open", rgb, png, 3)
+    writer.close()  # a closed writer has no file writer: the pixels go through add_image instead
+    _log_png(writer, "closed", rgb, png, 4)
+    writer.close()
+    acc = _events(tmp_path)
+    (opened,), (closed,) = acc.Images("open"), acc.Images("closed")
+    assert opened.encoded_image_string == png and (opened.width, opened.height, opened.step) == (rgb.shape[1], rgb.shape[0], 3)
+    for event in (opened, closed):
+        with Image.open(io.BytesIO(event.encoded_image_string)) as logged:
+            assert np.array_equal(np.asarray(logged.convert("RGB")), rgb)
