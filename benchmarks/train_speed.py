@@ -7,6 +7,10 @@ whole process from start to exit, and its peak RSS minus that of a bare
 
     python benchmarks/train_speed.py --data_dir ../shared/datasets/mnist
     python benchmarks/train_speed.py --data_dir ../shared/datasets/mnist --configs configs/cnn_best.yaml
+    python benchmarks/train_speed.py --data_dir ../shared/datasets/mnist --configs configs/cnn.yaml --precisions 32-true bf16-mixed
+
+`--precisions` runs each config in each precision, interleaved repeat by repeat, to tell which one
+`fit` should choose on this machine.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs" / c) for c in ("dense.yaml", "cnn.yaml")])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", default=[None], help="--trainer.precision values (default: fit's choice)")
     parser.add_argument("extra", nargs="*", help="more fit arguments, after --")
     args = parser.parse_args()
     print(describe())
@@ -66,25 +71,31 @@ def main() -> None:
     _, _, bare_rss = run([*env_python, "-c", "import torch, torchvision, lightning"], cwd=cache)
     print(f"baseline: bare import torch, torchvision, lightning peaks at {bare_rss:.0f} MB RSS")
     for config in args.configs:
-        name = Path(config).name
-        trained, accs, walls, rss = [], [], [], []
+        runs = {precision: ([], [], [], []) for precision in args.precisions}  # trained, accs, walls, rss
         for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as cwd:
-                text, wall, peak = run(
-                    [*env_python, "-m", "digits_lightning", "fit", "--config", str(Path(config).resolve()),
-                     f"--data.data_dir={Path(args.data_dir).resolve()}", f"--data.cache_dir={cache}",
-                     "--trainer.enable_progress_bar=false", *args.extra],
-                    cwd=cwd,
-                )  # fmt: skip
-            trained.append(float(re.search(r"Trained \d+ epochs? in ([\d.]+) s", text).group(1)))
-            accs.append(float(re.search(r"Test accuracy: ([\d.]+)%", text).group(1)))
-            walls.append(wall)
-            rss.append(peak - bare_rss)
-        target = TARGETS.get(name, (None, None, None))
-        print(f"{name}: test accuracy {statistics.median(accs):.2f}% (runs: {', '.join(f'{a:.2f}' for a in accs)}; target >= {target[0]})")
-        print(f"{name}: training {statistics.median(trained):.1f} s (runs: {', '.join(f'{t:.1f}' for t in trained)}; target <= {target[1]})")
-        print(f"{name}: whole process {statistics.median(walls):.1f} s (runs: {', '.join(f'{t:.1f}' for t in walls)}; target <= {target[2]})")
-        print(f"{name}: own memory {statistics.median(rss):.0f} MB peak RSS above the bare imports (target < 400)")
+            for precision, (trained, accs, walls, rss) in runs.items():
+                chosen = [f"--trainer.precision={precision}"] if precision else []
+                with tempfile.TemporaryDirectory() as cwd:
+                    text, wall, peak = run(
+                        [*env_python, "-m", "digits_lightning", "fit", "--config", str(Path(config).resolve()),
+                         f"--data.data_dir={Path(args.data_dir).resolve()}", f"--data.cache_dir={cache}",
+                         "--trainer.enable_progress_bar=false", *chosen, *args.extra],
+                        cwd=cwd,
+                    )  # fmt: skip
+                trained.append(float(re.search(r"Trained \d+ epochs? in ([\d.]+) s", text).group(1)))
+                accs.append(float(re.search(r"Test accuracy: ([\d.]+)%", text).group(1)))
+                walls.append(wall)
+                rss.append(peak - bare_rss)
+        for precision, (trained, accs, walls, rss) in runs.items():
+            report(Path(config).name + (f" {precision}" if precision else ""), trained, accs, walls, rss, TARGETS.get(Path(config).name))
+
+
+def report(name: str, trained: list[float], accs: list[float], walls: list[float], rss: list[float], target) -> None:
+    target = target or (None, None, None)
+    print(f"{name}: test accuracy {statistics.median(accs):.2f}% (runs: {', '.join(f'{a:.2f}' for a in accs)}; target >= {target[0]})")
+    print(f"{name}: training {statistics.median(trained):.1f} s (runs: {', '.join(f'{t:.1f}' for t in trained)}; target <= {target[1]})")
+    print(f"{name}: whole process {statistics.median(walls):.1f} s (runs: {', '.join(f'{t:.1f}' for t in walls)}; target <= {target[2]})")
+    print(f"{name}: own memory {statistics.median(rss):.0f} MB peak RSS above the bare imports (target < 400)")
 
 
 if __name__ == "__main__":
