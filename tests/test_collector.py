@@ -9,19 +9,13 @@ import sys
 # In a fresh interpreter: count the collector's passes while a block makes many long-lived objects
 # (as an import does) and afterwards, and whether garbage made afterwards is still freed.
 PROGRAM = """
-import gc, sys, weakref
+import contextlib, gc, sys, weakref
 from digits_lightning.collector import libraries_loading
 
 passes = []
 gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
-kept = []
-paused = sys.argv[1] == "paused"
-if paused:
-    with libraries_loading():
-        kept += [[i] for i in range(300_000)]
-        inside = len(passes)
-else:
-    kept += [[i] for i in range(300_000)]
+with libraries_loading() if sys.argv[1] == "paused" else contextlib.nullcontext():
+    kept = [[i] for i in range(300_000)]
     inside = len(passes)
 frozen = gc.get_freeze_count()
 enabled = gc.isenabled()
@@ -57,7 +51,7 @@ def test_without_it_the_collector_walks_them_over_and_over():
 
 def test_the_command_line_loads_its_libraries_with_the_collector_paused():
     program = (
-        "import gc, runpy, sys; sys.argv = ['digits_lightning', '--help'];"
+        "import gc, sys; sys.argv = ['digits_lightning', '--help'];"
         "import digits_lightning.__main__ as m;"
         "m.exit_now = lambda code: print('frozen', gc.get_freeze_count(), file=sys.stderr);"
         "m.run()"
