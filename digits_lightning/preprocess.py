@@ -127,10 +127,10 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         image.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX)
     gray = _smoothed(_without_impulses(grayscale(image)))
     light = gray > _otsu(gray)
-    if light.mean() < 0.6:  # a dark canvas in a light frame (a drawing app's, in a screenshot) is the image
+    if _share(light) < 0.6:  # a dark canvas in a light frame (a drawing app's, in a screenshot) is the image
         rows, cols = _page(~light)
         canvas = light[rows, cols]
-        if 0.25 * light.size <= canvas.size < light.size and canvas.mean() <= 0.3:
+        if 0.25 * light.size <= canvas.size < light.size and _share(canvas) <= 0.3:
             gray = gray[rows, cols]
             light = gray > _otsu(gray)
     original = gray  # as read: whether it holds two gray levels only is asked of wide strokes
@@ -146,7 +146,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     # Only where they are asked for: the median they are measured from costs about a millisecond.
     departures = _departures(gray) if 0.2 < edges <= 0.5 or cropped else None
     dark = edges > 0.5 or (edges > 0.2 and _dark_ink(departures))
-    if dark or (sheet.size >= 0.5 * light.size and sheet.mean() >= 0.75):
+    if dark or (sheet.size >= 0.5 * light.size and _share(sheet) >= 0.75):
         if cropped and not _writing_on(departures, gray.shape, rows, cols):
             rows, cols = slice(None), slice(None)  # not a table around the sheet: a shadow over the digit
         gray = 1 - gray[rows, cols]
@@ -172,7 +172,7 @@ def _without_impulses(gray: np.ndarray) -> np.ndarray:
     # out from all eight.
     step = np.diff(gray, axis=1)
     up, down = step > 0.25, step < -0.25
-    ys, xs = np.nonzero((up[:, :-1] & down[:, 1:]) | (down[:, :-1] & up[:, 1:]))
+    ys, xs = np.divmod(np.flatnonzero((up[:, :-1] & down[:, 1:]) | (down[:, :-1] & up[:, 1:])), w - 2)
     if not ys.size:
         return gray
     xs += 1
@@ -277,7 +277,7 @@ def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None
     top[1:-1, 1:-1] = _blocks(residual, b, b, np.maximum)
     rows = np.maximum(np.maximum(top[:-2], top[1:-1]), top[2:])
     near = np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
-    ys, xs = np.nonzero(near < threshold / 2)
+    ys, xs = np.divmod(np.flatnonzero(near < threshold / 2), gw)
     if ys.size * b * b < 64:
         return None
     pick = slice(None, None, max(1, ys.size // 256))  # a few hundred blocks measure the paper well enough
@@ -293,7 +293,7 @@ def _noise(residual: np.ndarray, threshold: float) -> tuple[float, float] | None
 def _page(light: np.ndarray) -> tuple[slice, slice]:
     """Rows and columns of the sheet of paper in a photo of one: bands at the edges that hold almost no
     light paper (a table or a hand around the sheet) are left out, where clean paper follows them."""
-    rows, cols = light.mean(axis=1) >= 0.05, light.mean(axis=0) >= 0.05
+    rows, cols = _counts(light, 1) / light.shape[1] >= 0.05, _counts(light, 0) / light.shape[0] >= 0.05
     if not rows.any() or not cols.any():
         return slice(None), slice(None)
     top, bottom = int(rows.argmax()), len(rows) - int(rows[::-1].argmax())
@@ -305,7 +305,7 @@ def _page(light: np.ndarray) -> tuple[slice, slice]:
     sheet = light[top:bottom, left:right]
 
     def clean(band: np.ndarray) -> bool:
-        return band.size > 0 and float(band.mean()) >= 0.95
+        return band.size > 0 and _share(band) >= 0.95
 
     top = top if clean(sheet[k : 3 * k]) else 0
     bottom = bottom if clean(sheet[-3 * k : -k]) else len(rows)
@@ -325,7 +325,7 @@ def _unrule(ink: np.ndarray) -> tuple[np.ndarray, bool]:
     inked = ink > 0
 
     def rules(axis: int) -> np.ndarray:
-        cover = inked.mean(axis=axis)
+        cover = _counts(inked, axis) / inked.shape[axis]
         full = cover >= 0.9
         if not full.any():
             return full
@@ -365,14 +365,14 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
     bands = []  # (axis, first line, past the last, first inked along it, past the last)
     for axis, (n, length) in enumerate(((h, w), (w, h))):
         mask = inked if axis == 0 else inked.T
-        full = np.flatnonzero(mask.sum(axis=1) >= 0.5 * length)
+        full = np.flatnonzero(_counts(mask, 1) >= 0.5 * length)
         if not full.size:
             continue
         for band in np.split(full, np.flatnonzero(np.diff(full) > 1) + 1):
             a, b = int(band[0]), int(band[-1]) + 1
             along = mask[a:b].any(axis=0)
             lo, hi = int(along.argmax()), length - int(along[::-1].argmax())
-            if b - a <= max(2, n // 10) and along[lo:hi].mean() >= 0.9:
+            if b - a <= max(2, n // 10) and _share(along[lo:hi]) >= 0.9:
                 bands.append((axis, a, b, lo, hi))
     if not bands:
         return ink
@@ -380,7 +380,7 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
     for axis, a, b, _, _ in bands:  # with a line more on each side: a line's edges are soft
         (lines if axis == 0 else lines.T)[max(0, a - 1) : b + 1] = True
     digit = inked & ~lines
-    if digit.sum() < 0.1 * inked.sum():  # too little else to judge the lines against
+    if np.count_nonzero(digit) < 0.1 * np.count_nonzero(inked):  # too little else to judge the lines against
         return ink
 
     def meets(axis: int, end: int, a: int, b: int) -> bool:  # another line crosses this one's end
@@ -449,7 +449,7 @@ def _background(gray: np.ndarray) -> np.ndarray:
         strong, middle = half > top, (half > low) & (half <= top)
         core = _run_width(strong)
         narrower = split == 0 and core < 0.125 * width
-        if narrower or _run_width(middle) > 2 * core or middle.sum() > 5 * strong.sum():  # (at half size)
+        if narrower or _run_width(middle) > 2 * core or np.count_nonzero(middle) > 5 * np.count_nonzero(strong):  # (at half size)
             width = 2 * core
         low, bright = top, bright[bright > top]
     # Strokes too wide for cells wider than them to fit across the image, yet no wider than a third
@@ -547,7 +547,18 @@ def _opened(gray: np.ndarray, cell: int, paper: float, lowest: bool = False) -> 
 
 def _edges(mask: np.ndarray) -> float:
     """The share of the image's outermost pixels that `mask` holds."""
-    return float(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean())
+    return _share(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]))
+
+
+def _share(mask: np.ndarray) -> float:
+    """The share of `mask` that is set (a count: 10x quicker than a boolean array's mean)."""
+    return np.count_nonzero(mask) / mask.size
+
+
+def _counts(mask: np.ndarray, axis: int) -> np.ndarray:
+    """How many of `mask`'s pixels are set along `axis`, per line (summed as bytes into int32: 2x
+    quicker than a boolean sum, which adds int64s)."""
+    return mask.view(np.uint8).sum(axis=axis, dtype=np.int32)
 
 
 def _blocks(values: np.ndarray, bh: int, bw: int, op: np.ufunc) -> np.ndarray:
@@ -590,9 +601,9 @@ def _crop(ink: np.ndarray) -> np.ndarray:
         raise ImageError("blank", BLANK)
     # Columns, then rows within them, then columns again within those rows: a speck beside the
     # digit along one axis is cut off along the other.
-    left, right = _span(_off_the_edge(strong.sum(axis=0)))
-    top, bottom = _span(_off_the_edge(strong[:, left:right].sum(axis=1)))
-    left, right = _span(_off_the_edge(strong[top:bottom].sum(axis=0)))
+    left, right = _span(_off_the_edge(_counts(strong, 0)))
+    top, bottom = _span(_off_the_edge(_counts(strong[:, left:right], 1)))
+    left, right = _span(_off_the_edge(_counts(strong[top:bottom], 0)))
     margin = max(1, round(0.05 * max(bottom - top, right - left)))
     faint = ink > 0.05
     top, bottom = _grow(faint[:, left:right].any(axis=1), top, bottom, margin)
@@ -682,12 +693,12 @@ def _stroke_width(ink: np.ndarray) -> float:
     """Mean stroke width in pixels: ink area over half its outline (a stroke of width w and length L
     covers w*L pixels with about 2*L on its edge)."""
     mask = ink > 0.5
-    area = int(mask.sum())
+    area = np.count_nonzero(mask)
     if area == 0:
         return 0.0
     # Inner pixels have ink on all four sides; those on the image's border never do.
     inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-    edge = area - int(inner.sum())
+    edge = area - np.count_nonzero(inner)
     return 2 * area / max(edge, 1)
 
 
