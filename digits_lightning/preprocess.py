@@ -27,6 +27,7 @@ model applies its own normalisation).
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -678,8 +679,36 @@ def _fit_box(ink: np.ndarray, original: np.ndarray) -> np.ndarray:
         # Over 4 pixels once in 20x20, with hard edges: a binarised scan of a digit stretched to fill
         # its square (as some scanned sets are) or a broad 1-bit brush. Brought back to MNIST's 3.
         big = big.filter(ImageFilter.MinFilter(min(9, 2 * round((width - 12) / 2) + 1)))
-    small = np.asarray(big.resize(_longer_side(ink, BOX), Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 1)
+    small = _lanczos(np.asarray(big), _longer_side(ink, BOX)).clip(0, 1)
     return small / max(float(small.max()), 1e-6)
+
+
+def _lanczos(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`values` resized to `size` (width, height) by Pillow's Lanczos filter, as two products with
+    its weights: 4x quicker than Pillow's resampling of float images, and at most a float's last
+    bit from it."""
+    out = values.astype(np.float64)
+    if size[0] != values.shape[1]:
+        out = (out @ _lanczos_weights(values.shape[1], size[0]).T).astype(np.float32).astype(np.float64)
+    if size[1] != values.shape[0]:
+        out = _lanczos_weights(values.shape[0], size[1]) @ out
+    return out.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1024)
+def _lanczos_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Pillow's Lanczos (a = 3) weights from `n_in` samples to `n_out`, as an `[n_out, n_in]` matrix."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)  # a reduction widens the filter
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - 3 * stretch + 0.5), 0), min(int(centre + 3 * stretch + 0.5), n_in)
+        x = (np.arange(lo, hi) - centre + 0.5) * (1.0 / stretch)
+        w = np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
+        total = float(np.cumsum(w)[-1]) if w.size else 0.0
+        weights[i, lo:hi] = w / total if total else w
+    return weights
 
 
 def _two_levels(gray: np.ndarray) -> bool:

@@ -774,3 +774,17 @@ def test_a_pen_one_pixel_wide_is_not_taken_for_noise():
     page = strokes(60, (10, 10, 50, 10), (30, 10, 30, 50), (10, 50, 50, 20), (12, 30, 14, 31), width=1)
     gray = np.asarray(page, np.float32) / 255
     assert np.array_equal(_without_impulses(gray), gray)  # horizontal, vertical, slanted: all kept
+
+
+def test_the_lanczos_reduction_is_pillows():
+    from digits_lightning.preprocess import _lanczos
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # tall, wide and square boxes, reduced and enlarged to a 20-pixel side
+        h, w = (int(n) for n in rng.integers(1, 120, 2))
+        ink = (rng.random((h, w)) * (rng.random((h, w)) > 0.4)).astype(np.float32)
+        size = (max(1, round(w * 20 / max(h, w))), max(1, round(h * 20 / max(h, w))))
+        pillow = np.asarray(Image.fromarray(ink, "F").resize(size, Image.Resampling.LANCZOS))
+        ours = _lanczos(ink, size)
+        assert ours.shape == pillow.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, pillow, rtol=0, atol=3e-7)
