@@ -357,8 +357,9 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
     inked without a break over at least half the image. It is erased where the ink that is not in
     any such line (the digit) lies wholly on one side of it, does not touch it, and is passed by
     it at both ends by a tenth of the digit's extent, or met there by another line (a box's
-    corner). A digit's own bars and stems join the rest of it (a "7", a "2", a "4" whose stem
-    rises past its arm), or are all there is of it (a "1"): they are kept."""
+    corner); the line it is written on, below it, even where the digit touches it. A digit's own
+    bars and stems join the rest of it (a "7", a "2", a "4" whose stem rises past its arm), or are
+    all there is of it (a "1"): they are kept."""
     inked = ink > 0
     h, w = inked.shape
     if min(h, w) < 32:  # no room for a box around a digit, whose own strokes are as wide as lines
@@ -400,7 +401,11 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
         near = [i for i in range(a - 1 - gap, a - 1) if i >= 0] + [i for i in range(b + 1, b + 1 + gap) if i < len(field)]
         touching = field[near, max(0, lo - 2) : hi + 2].any()
         ends = (lo <= first - margin or meets(axis, lo, a, b)) and (hi >= last + margin or meets(axis, hi - 1, a, b))
-        if beside and not touching and ends:
+        # The line a digit is written on is erased even where the digit touches it: a line below
+        # the digit that runs past it at both ends on its own. Anywhere else a line the digit
+        # touches may be a stroke of its own (the stem of a "4" rising past its arm).
+        written_on = axis == 0 and int(across.argmax()) < a and lo <= first - margin and hi >= last + margin
+        if beside and (written_on or not touching) and ends:
             (erase if axis == 0 else erase.T)[max(0, a - 1) : b + 1, max(0, lo - 1) : hi + 1] = True
     return np.where(erase, np.float32(0), ink) if erase.any() else ink
 

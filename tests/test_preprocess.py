@@ -311,6 +311,17 @@ def test_the_line_a_digit_is_written_on_is_erased(text):
 
 
 
+@pytest.mark.parametrize("text", ["3", "5", "9", "7"])
+@pytest.mark.parametrize("width", [2, 3])
+def test_the_line_a_digit_is_written_on_is_erased_where_the_digit_touches_it(text, width):
+    page = draw(text, size=240, ink=20, paper=250)
+    bottom = int(np.nonzero(np.asarray(page).min(axis=1) < 128)[0][-1])
+    ImageDraw.Draw(page).line([(20, bottom), (220, bottom)], fill=40, width=width)  # the digit sits on it
+    digit, clean = to_mnist(page), expected(text, size=240)
+    assert_mnist_digit(digit)
+    assert difference(digit, clean) < SAME
+
+
 @pytest.mark.parametrize("text", ["3", "8"])
 @pytest.mark.parametrize("dots", [[(30, 200)], [(25, 30), (215, 120)], [(120, 228), (20, 110), (225, 20)]])
 def test_specks_of_dust_around_the_digit_are_left_out(text, dots):
