@@ -455,7 +455,8 @@ def _background(gray: np.ndarray) -> np.ndarray:
         strong, middle = half > top, (half > low) & (half <= top)
         core = _run_width(strong)
         narrower = split == 0 and core < 0.125 * width
-        if narrower or _run_width(middle) > 2 * core or np.count_nonzero(middle) > 5 * np.count_nonzero(strong):  # (at half size)
+        many = np.count_nonzero(middle) > 5 * np.count_nonzero(strong)  # (at half size)
+        if narrower or _run_width(middle) > 2 * core or many:
             width = 2 * core
         low, bright = top, bright[bright > top]
     # Strokes too wide for cells wider than them to fit across the image, yet no wider than a third
