@@ -678,15 +678,19 @@ def _fit_box(ink: np.ndarray, original: np.ndarray) -> np.ndarray:
     strokes = big[big > 0.05]
     full = np.clip(big / max(_top(strokes) if strokes.size else 1.0, 1e-6), 0, 1)
     width = _stroke_width(full)
-    big = Image.fromarray(full, "F")
     if width < 4:  # under 1 pixel once in 20x20: MNIST's strokes are 2-3 pixels wide
-        big = big.filter(ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
+        full = _filtered(full, ImageFilter.MaxFilter(min(9, 2 * round((8 - width) / 2) + 1)))
     elif width > 16 and _two_levels(original):
         # Over 4 pixels once in 20x20, with hard edges: a binarised scan of a digit stretched to fill
         # its square (as some scanned sets are) or a broad 1-bit brush. Brought back to MNIST's 3.
-        big = big.filter(ImageFilter.MinFilter(min(9, 2 * round((width - 12) / 2) + 1)))
-    small = _lanczos(np.asarray(big), _longer_side(ink, BOX)).clip(0, 1)
+        full = _filtered(full, ImageFilter.MinFilter(min(9, 2 * round((width - 12) / 2) + 1)))
+    small = _lanczos(full, _longer_side(ink, BOX)).clip(0, 1)
     return small / max(float(small.max()), 1e-6)
+
+
+def _filtered(values: np.ndarray, rank: ImageFilter.RankFilter) -> np.ndarray:
+    """`values` through Pillow's rank filter (the maximum or minimum over a square around each pixel)."""
+    return np.asarray(Image.fromarray(values, "F").filter(rank))
 
 
 def _lanczos(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
