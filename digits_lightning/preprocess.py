@@ -400,11 +400,12 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
         gap = max(1, b - a)
         near = [i for i in range(a - 1 - gap, a - 1) if i >= 0] + [i for i in range(b + 1, b + 1 + gap) if i < len(field)]
         touching = field[near, max(0, lo - 2) : hi + 2].any()
-        ends = (lo <= first - margin or meets(axis, lo, a, b)) and (hi >= last + margin or meets(axis, hi - 1, a, b))
+        past_lo, past_hi = lo <= first - margin, hi >= last + margin
+        ends = (past_lo or meets(axis, lo, a, b)) and (past_hi or meets(axis, hi - 1, a, b))
         # The line a digit is written on is erased even where the digit touches it: a line below
         # the digit that runs past it at both ends on its own. Anywhere else a line the digit
         # touches may be a stroke of its own (the stem of a "4" rising past its arm).
-        written_on = axis == 0 and int(across.argmax()) < a and lo <= first - margin and hi >= last + margin
+        written_on = axis == 0 and int(across.argmax()) < a and past_lo and past_hi
         if beside and (written_on or not touching) and ends:
             (erase if axis == 0 else erase.T)[max(0, a - 1) : b + 1, max(0, lo - 1) : hi + 1] = True
     return np.where(erase, np.float32(0), ink) if erase.any() else ink
@@ -718,6 +719,7 @@ def _lanczos_weights(n_in: int, n_out: int) -> np.ndarray:
         w = np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
         total = float(np.cumsum(w)[-1]) if w.size else 0.0
         weights[i, lo:hi] = w / total if total else w
+    weights.flags.writeable = False  # shared by every call through the cache
     return weights
 
 
