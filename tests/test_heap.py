@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Default-CNN training steps on a batch of 1024 (its first maps, 56 MB, are past the 32 MB up to which
 # glibc's own adaptive threshold may keep a block), in a fresh interpreter with the setting made or
-# not. Printed: whether it took, then the page faults per step once 5 steps have warmed the heap up.
+# not. Printed: whether it took, then the page faults of the median step of 9, once 5 steps have
+# warmed the heap up (a step now and then faults a few thousand pages in for something else).
 PROGRAM = """
-import resource, sys
+import resource, statistics, sys
 import torch
 import torch.nn.functional as F
 from digits_lightning.heap import keep_freed_memory
@@ -30,16 +31,16 @@ opt = torch.optim.Adam(net.parameters())
 x = torch.rand(1024, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (1024,))
 
-def steps(n):
+def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(n):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-steps(5)
-print(took, steps(5))
+for _ in range(5):
+    step()
+print(took, statistics.median(step() for _ in range(9)))
 """
 
 
