@@ -262,6 +262,27 @@ def grainy(digit, rng):
     return Image.fromarray(print_on(page, rng.uniform(150, 220), rng.uniform(20, 70), rng, rng.uniform(15, 35))), ".png"
 
 
+def bold_in_shadow(digit, rng):
+    """A bold pen (as `bold`) on a page 1.3-1.8x the digit, under a sharp-edged shadow (its edge
+    blurred by 1-4 px, the paper there 35-55 % darker) whose edge runs through the digit's box, as
+    a phone or a hand shades part of a photo of a marker digit."""
+    big = resized(digit / 255, 84, 84).clip(0, 1)
+    r = int(rng.integers(1, 4))
+    big = ink_box(np.asarray(Image.fromarray(big, "F").filter(ImageFilter.MaxFilter(2 * r + 1))), 0.3)
+    scale = rng.uniform(1.0, 2.5)
+    box = resized(big, round(big.shape[1] * scale), round(big.shape[0] * scale)).clip(0, 1)
+    page = on_canvas(box, rng, (1.3, 1.8))
+    h, w = page.shape
+    ys, xs = np.nonzero(page > 0.5)
+    k = int(rng.integers(0, ys.size))  # the shadow's edge passes through a point of the ink
+    angle = rng.uniform(0, 2 * np.pi)
+    side = np.cos(angle) * (np.mgrid[0:h, 0:w][1] - xs[k]) + np.sin(angle) * (np.mgrid[0:h, 0:w][0] - ys[k]) > 0
+    edge = ImageFilter.GaussianBlur(rng.uniform(1, 4))
+    shade = np.asarray(Image.fromarray((255 * side).astype(np.uint8)).filter(edge), np.float32) / 255
+    reflect = 0.92 - (0.92 - rng.uniform(0.05, 0.25)) * page
+    light = 1 - rng.uniform(0.35, 0.55) * shade
+    return Image.fromarray(noisy(255 * reflect * light, rng)), ".png"
+
 def screenshot(digit, rng):
     """A drawing app's dark canvas with a light pen, inside the app's light window, as a
     screenshot holds it: margins of 5-20 % of the canvas, none on some sides (a cut window)."""
@@ -303,6 +324,7 @@ FAMILIES = {
     "dark canvas in a light window": screenshot,
     "salt-and-pepper noise": salt_and_pepper,
     "grainy photo": grainy,
+    "bold pen under a sharp shadow": bold_in_shadow,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
