@@ -85,12 +85,18 @@ def upscaled(digit: np.ndarray, rng: np.random.Generator, lo: int = 56, hi: int 
     return resized(digit / 255, side, side).clip(0, 1)
 
 
-def bold(digit, rng):
-    """Strokes dilated by 1-3 px at three times MNIST's resolution (1.3-1.8x MNIST's width), cropped tight."""
+def bold_strokes(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The digit at three times MNIST's resolution, its strokes dilated by 1-3 px (1.3-1.8x
+    MNIST's width), cropped to its ink."""
     big = resized(digit / 255, 84, 84).clip(0, 1)
     r = int(rng.integers(1, 4))
     big = np.asarray(Image.fromarray(big, "F").filter(ImageFilter.MaxFilter(2 * r + 1)))
-    box = ink_box(big, 0.3)
+    return ink_box(big, 0.3)
+
+
+def bold(digit, rng):
+    """A bold pen (`bold_strokes`), cropped tight."""
+    box = bold_strokes(digit, rng)
     scale = rng.uniform(1.0, 3.0)
     box = resized(box, round(box.shape[1] * scale), round(box.shape[0] * scale)).clip(0, 1)
     return Image.fromarray(print_on(box, rng.uniform(200, 255), rng.uniform(0, 60), rng)), ".png"
@@ -266,22 +272,21 @@ def bold_in_shadow(digit, rng):
     """A bold pen (as `bold`) on a page 1.3-1.8x the digit, under a sharp-edged shadow (its edge
     blurred by 1-4 px, the paper there 35-55 % darker) whose edge runs through the digit's box, as
     a phone or a hand shades part of a photo of a marker digit."""
-    big = resized(digit / 255, 84, 84).clip(0, 1)
-    r = int(rng.integers(1, 4))
-    big = ink_box(np.asarray(Image.fromarray(big, "F").filter(ImageFilter.MaxFilter(2 * r + 1))), 0.3)
+    big = bold_strokes(digit, rng)
     scale = rng.uniform(1.0, 2.5)
     box = resized(big, round(big.shape[1] * scale), round(big.shape[0] * scale)).clip(0, 1)
     page = on_canvas(box, rng, (1.3, 1.8))
-    h, w = page.shape
     ys, xs = np.nonzero(page > 0.5)
     k = int(rng.integers(0, ys.size))  # the shadow's edge passes through a point of the ink
     angle = rng.uniform(0, 2 * np.pi)
-    side = np.cos(angle) * (np.mgrid[0:h, 0:w][1] - xs[k]) + np.sin(angle) * (np.mgrid[0:h, 0:w][0] - ys[k]) > 0
+    rows, cols = np.mgrid[0 : page.shape[0], 0 : page.shape[1]]
+    side = np.cos(angle) * (cols - xs[k]) + np.sin(angle) * (rows - ys[k]) > 0
     edge = ImageFilter.GaussianBlur(rng.uniform(1, 4))
     shade = np.asarray(Image.fromarray((255 * side).astype(np.uint8)).filter(edge), np.float32) / 255
     reflect = 0.92 - (0.92 - rng.uniform(0.05, 0.25)) * page
     light = 1 - rng.uniform(0.35, 0.55) * shade
     return Image.fromarray(noisy(255 * reflect * light, rng)), ".png"
+
 
 def screenshot(digit, rng):
     """A drawing app's dark canvas with a light pen, inside the app's light window, as a
@@ -324,7 +329,7 @@ FAMILIES = {
     "dark canvas in a light window": screenshot,
     "salt-and-pepper noise": salt_and_pepper,
     "grainy photo": grainy,
-    "bold pen under a sharp shadow": bold_in_shadow,
+    "bold in sharp shadow": bold_in_shadow,
 }
 SLUG = {name: "".join(c if c.isalnum() else "_" for c in name) for name in FAMILIES}
 
