@@ -561,6 +561,18 @@ def test_a_digit_in_a_shadow_under_falling_light(text, width, height, size, at, 
     assert_reads_as_clean(in_straight_shadow(falling_light(clean, angle, fall), shadow, cut, depth, blur), clean)
 
 
+# A marker digit, its strokes about a tenth of the image wide, in the middle of a page whose other
+# half (a little more of its border) lies in a sharp shadow. The border's light half leaves the
+# polarity to the departures from a median, and at 48 px a side such strokes were their own median:
+# the paper inside the loops departed further, and each of these was read as light ink on dark.
+@pytest.mark.parametrize(("text", "angle"), [("8", 45), ("8", 135), ("8", 225), ("8", 315), ("6", 45), ("9", 135)])
+def test_a_bold_digit_across_the_edge_of_a_sharp_shadow(text, angle):
+    clean = Image.new("L", (250, 250), 255)
+    clean.paste(draw(text, size=200), (25, 25))
+    clean = clean.filter(ImageFilter.MinFilter(17))  # a marker: the font's strokes widened
+    assert_reads_as_clean(in_straight_shadow(clean, angle, 0.47, 0.45, 3), clean)
+
+
 @pytest.mark.parametrize(("text", "neighbour"), [("3", "7"), ("0", "4"), ("8", "1")])
 def test_a_piece_of_the_next_digit_at_the_edge_of_a_crop_is_left_out(text, neighbour):
     """A digit cropped from a row of them, the next one's first strokes showing at the right edge
