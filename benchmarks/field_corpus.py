@@ -270,7 +270,7 @@ def grainy(digit, rng):
 
 def bold_in_shadow(digit, rng):
     """A bold pen (as `bold`) on a page 1.3-1.8x the digit, under a sharp-edged shadow (its edge
-    blurred by 1-4 px, the paper there 35-55 % darker) whose edge runs through the digit's box, as
+    blurred by 1-4 px, the paper there 35-55 % darker) whose edge runs through the digit, as
     a phone or a hand shades part of a photo of a marker digit."""
     big = bold_strokes(digit, rng)
     scale = rng.uniform(1.0, 2.5)
