@@ -753,8 +753,9 @@ def _departures(gray: np.ndarray) -> np.ndarray:
     """The image's departures from its own median over 7x7 neighbourhoods, at 24 pixels a side:
     strokes, narrower than half of that window, depart far, on their side; a bold pen's are too
     (at twice the size, strokes a tenth of the image wide would be their own median, and the paper
-    beside them and in their loops would depart further). A shadow's edge, wider, is kept by a median and hardly departs
-    (a mean would blur it and depart on both of its sides, outweighing a small digit's strokes)."""
+    beside them and in their loops would depart further). A shadow's edge, wider, is kept by a
+    median and hardly departs (a mean would blur it and depart on both of its sides, outweighing a
+    small digit's strokes)."""
     h, w = gray.shape
     image = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F")
     scale = min(1.0, 24 / max(h, w))
