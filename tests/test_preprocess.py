@@ -310,7 +310,6 @@ def test_the_line_a_digit_is_written_on_is_erased(text):
     assert difference(digit, clean) < SAME
 
 
-
 @pytest.mark.parametrize("text", ["3", "5", "9", "7"])
 @pytest.mark.parametrize("width", [2, 3])
 def test_the_line_a_digit_is_written_on_is_erased_where_the_digit_touches_it(text, width):
