@@ -12,11 +12,13 @@ field, on a clean black background. `to_mnist` does the same to a photo, a scan 
    inverted (and cut to the sheet of paper where a photo shows the table around it); a dark
    canvas in a light frame (a drawing app's window in a screenshot) is cut to the canvas first;
 3. background: the paper's level is subtracted (one level where the image is evenly lit, so that
-   no ink is ever taken for paper; a coarse estimate under uneven lighting, after which only
-   ridges count as ink, not the steps a shadow's edge leaves), then the paper's noise, measured
-   where there is no ink, is cut off and the ink stretched to full white; the lines of ruled
-   paper are erased, and so are straight lines that run past the digit on both sides (the box
-   of a form's cell around it, the line it is written on);
+   no ink is ever taken for paper; under a sharp shadow, an opening as wide as the strokes, which
+   keeps the shadow's edge; under other uneven lighting a coarse estimate, after which only
+   ridges count as ink, not the steps a shadow's edge leaves) and, under uneven light, the ink
+   read against the paper's own lightness; then the paper's noise, measured where there is no
+   ink, is cut off and the ink stretched to full white; the lines of ruled paper are erased,
+   and so are straight lines that run past the digit on both sides (the box of a form's cell
+   around it, the line it is written on);
 4. the ink's bounding box (specks apart from the digit left out) is scaled into 20x20 (thin pen
    strokes are thickened to MNIST's width);
 5. pasted into 28x28 with its centre of mass in the middle.
@@ -147,15 +149,21 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     # Only where they are asked for: the median they are measured from costs about a millisecond.
     departures = _departures(gray) if 0.2 < edges <= 0.5 or cropped else None
     dark = edges > 0.5 or (edges > 0.2 and _dark_ink(departures))
-    if dark or (sheet.size >= 0.5 * light.size and _share(sheet) >= 0.75):
+    inverted = dark or (sheet.size >= 0.5 * light.size and _share(sheet) >= 0.75)
+    if inverted:
         if cropped and not _writing_on(departures, gray.shape, rows, cols):
             rows, cols = slice(None), slice(None)  # not a table around the sheet: a shadow over the digit
         gray = 1 - gray[rows, cols]
-    background = _background(gray)
+    background, coarse = _background(gray)
     residual = gray - background
-    ink, ruled = _unrule(_ink(residual))
+    # Light multiplies: paper that gets half the light shows its ink at half the contrast. Under
+    # uneven light, dark ink on light paper is read against the paper's own lightness there, so
+    # the strokes in a shadow come out as strong as the others (else their faint halves are cut
+    # off as paper). Dark paper shows too little of the light it gets to tell it.
+    lit = residual / np.maximum(1 - background, 0.1) if inverted and np.ndim(background) else residual
+    ink, ruled = _unrule(_ink(lit))
     ink = _unbox(ink)
-    if np.ndim(background) and not ruled:  # under uneven light (ruled paper's lines are still in `gray`)
+    if coarse and not ruled:  # (ruled paper's lines are still in `gray`)
         ink = _ridges(gray, ink, residual)
     box = _crop(ink)
     return _centre(_fit_box(box, original))
@@ -411,18 +419,20 @@ def _unbox(ink: np.ndarray) -> np.ndarray:
     return np.where(erase, np.float32(0), ink) if erase.any() else ink
 
 
-def _background(gray: np.ndarray) -> np.ndarray:
-    """The paper's level everywhere (slow lighting changes), where ink is bright on darker paper.
+def _background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The paper's level everywhere (slow lighting changes), where ink is bright on darker paper,
+    and whether it comes from the coarse grid (which blurs a sharp edge of light).
 
-    Evenly lit paper gets one level (a scalar). Under uneven light, two passes on a coarse grid
-    of cells about 1/16 of the image: an opening (3x3-cell minimum then maximum) finds where the
-    ink is; the paper level is then the average of the cells' paper pixels alone, spread into cells
-    that hold none.
+    Evenly lit paper gets one level (a scalar). Under a sharp shadow, the image opened over a
+    square as wide as the strokes (`_under_sharp_shadow`). Under other uneven light, two passes on
+    a coarse grid of cells about 1/16 of the image: an opening (3x3-cell minimum then maximum)
+    finds where the ink is; the paper level is then the average of the cells' paper pixels alone,
+    spread into cells that hold none.
     """
     h, w = gray.shape
     cell = max(1, min(h, w) // 16)
     if cell < 2:  # MNIST-sized already: too small for uneven lighting to matter
-        return np.float32(gray.min())
+        return np.float32(gray.min()), False
     # Evenly lit, the usual case, gets one level for the whole image, so no ink is ever taken for
     # paper. It is told by an opening over cells wider than the strokes (a bold digit cropped tight
     # has strokes a quarter of the image wide, which an opening over finer cells keeps as paper).
@@ -431,7 +441,7 @@ def _background(gray: np.ndarray) -> np.ndarray:
     sample = gray[::3, ::3].ravel()
     ink, paper = sample[sample > threshold], sample[sample <= threshold]
     if not ink.size or not paper.size:
-        return np.float32(_middle(sample))
+        return np.float32(_middle(sample)), False
     level = _paper(paper)
     contrast = _middle(ink) - level
     width = 2 * _run_width(gray[::2, ::2] > threshold)  # at half the resolution: as good, 4x fewer pixels
@@ -447,7 +457,10 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # off within a shadow, the second split may fall inside the shadow too, and the ink is split off
     # a third time; there, only a middle class that clearly is shadowed paper counts (the cores of
     # blurry strokes are many times narrower than their first width too).
-    low, bright = threshold, ink
+    # A sharp shadow's paper is a middle class too, in wide patches of one level: the grid's cells
+    # blur its edge, and the evenness test's cells, sized from strokes it may join, miss it. It gets
+    # an estimate of its own, which keeps its edge (and no ridge test after it).
+    low, bright, shadow = threshold, ink, False
     for split in range(2):
         if bright.size <= 0.25 * sample.size:
             break
@@ -457,6 +470,8 @@ def _background(gray: np.ndarray) -> np.ndarray:
         core = _run_width(strong)
         narrower = split == 0 and core < 0.125 * width
         many = np.count_nonzero(middle) > 5 * np.count_nonzero(strong)  # (at half size)
+        if not shadow:
+            shadow = _sharp_shadow(half, middle, core, contrast)
         if narrower or _run_width(middle) > 2 * core or many:
             width = 2 * core
         low, bright = top, bright[bright > top]
@@ -467,13 +482,15 @@ def _background(gray: np.ndarray) -> np.ndarray:
     # the strokes' middles for paper and hollows them: one level, read low, as the margin beside
     # such strokes is mostly their soft edge.
     if 1.5 * width > 0.6 * min(h, w) and width < 0.35 * max(h, w) and _edges(gray > threshold) < 0.4:
-        return np.float32(_paper(paper, lower=True))
+        return np.float32(_paper(paper, lower=True)), False
+    if shadow:
+        return _under_sharp_shadow(gray, width), False
     # (At least 4 cells a side: on 2 or 3, the paper level padded around them reaches every cell,
     # and any shadow passes for even light.)
     wide = min(max(cell, round(1.5 * width)), max(cell, min(h, w) // 4))
     opened = _opened(gray, wide, level, lowest=True)
     if float(opened.max() - opened.min()) < max(0.05, 0.2 * contrast):
-        return np.float32(level)
+        return np.float32(level), False
     grid = (max(1, w // cell), max(1, h // cell))
 
     def coarse(values: np.ndarray) -> Image.Image:
@@ -489,7 +506,53 @@ def _background(gray: np.ndarray) -> np.ndarray:
             break
         total, weight = _blur3(total), _blur3(weight)
     level = Image.fromarray(total / np.maximum(weight, 1e-6), "F")
-    return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32), True
+
+
+def _sharp_shadow(half: np.ndarray, middle: np.ndarray, core: float, contrast: float) -> bool:
+    """Whether the middle class of `half` (the image at half size) is a sharp shadow's paper: over
+    4 % of the image lies deeper in it than half the width `core` of the strokes above it, at one
+    level (its 10th to 90th percentiles within 12 % of the ink's contrast). The soft rims of blurry
+    strokes are thinner than that; light falling off across the page spreads its levels (and the
+    coarse grid follows such light well)."""
+    deep = _eroded(middle, max(1, round(core / 2)))
+    if np.count_nonzero(deep) <= 0.04 * deep.size:
+        return False
+    lo, hi = np.percentile(half[deep], [10, 90])
+    return float(hi - lo) < 0.12 * contrast
+
+
+def _eroded(mask: np.ndarray, r: int) -> np.ndarray:
+    """Where the square of 2r+1 pixels around a pixel lies wholly in `mask` (the edges repeated
+    beyond the border): each window's count from running sums along the rows, then the columns,
+    at one cost for any `r` (a rank filter's grows with the square)."""
+    out, n = mask, 2 * r + 1
+    for _ in range(2):  # rows, then (transposed) columns, and back
+        sums = np.cumsum(np.pad(out, ((0, 0), (r, r)), mode="edge"), axis=1, dtype=np.int32)
+        sums = np.pad(sums, ((0, 0), (1, 0)))
+        out = (sums[:, n:] - sums[:, :-n] == n).T
+    return out
+
+
+def _under_sharp_shadow(gray: np.ndarray, width: float) -> np.ndarray:
+    """The paper's level under a sharp shadow: an opening (minimum then maximum over a square as
+    wide as the strokes) takes the strokes out and keeps every shape of light wider than them as
+    it is, the shadow's straight edge and its corners too, which the coarse grid blurs into bands
+    of "ink". Computed at 128 px a side at most and brought back up (bilinear): the opening's cost
+    grows with its square."""
+    h, w = gray.shape
+    scale = min(1.0, 128 / max(h, w))
+    small = Image.fromarray(np.ascontiguousarray(gray, np.float32), "F")
+    if scale < 1:
+        small = small.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    level = np.asarray(small)
+    passes = max(1, round(width * scale / 2))  # each over 3x3: a square of 2 * passes + 1 in all
+    for op in (np.minimum, np.maximum):
+        for _ in range(passes):
+            level = _filter3(level, op)
+    if scale < 1:
+        level = np.asarray(Image.fromarray(level, "F").resize((w, h), Image.Resampling.BILINEAR))
+    return level
 
 
 def _ridges(gray: np.ndarray, ink: np.ndarray, residual: np.ndarray) -> np.ndarray:

@@ -572,6 +572,32 @@ def test_a_bold_digit_across_the_edge_of_a_sharp_shadow(text, angle):
     assert_reads_as_clean(in_straight_shadow(clean, angle, 0.47, 0.45, 3), clean)
 
 
+def test_erosion_by_running_sums_is_a_minimum_filter():
+    """`_eroded` (the shadow test's) keeps what Pillow's minimum filter over the same square keeps,
+    the edges repeated beyond the border as Pillow repeats them."""
+    from digits_lightning.preprocess import _eroded
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((int(rng.integers(5, 80)), int(rng.integers(5, 80)))) < 0.85
+        r = int(rng.integers(1, 8))
+        pillow = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * r + 1))) > 0
+        np.testing.assert_array_equal(_eroded(mask, r), pillow)
+
+
+# A marker digit on a page half again its size, the shadow's edge through the middle of the digit
+# and the paper beyond it at half the light (as a phone shades a photo of it). Before a sharp
+# shadow got a background of its own, the coarse grid blurred the shadow's edge into the strokes,
+# and each of these came out with a block of shadowed paper as ink or the strokes in the shadow
+# broken.
+@pytest.mark.parametrize(("text", "angle"), [("0", 120), ("2", 300), ("2", 210), ("3", 30), ("5", 120), ("6", 30)])
+def test_a_marker_digit_half_in_a_sharp_shadow(text, angle):
+    clean = Image.new("L", (240, 240), 255)
+    clean.paste(draw(text, size=160), (40, 40))
+    clean = clean.filter(ImageFilter.MinFilter(9))  # a marker: the font's strokes widened
+    assert_reads_as_clean(in_straight_shadow(clean, angle, 0.5, 0.5, 2), clean)
+
+
 @pytest.mark.parametrize(("text", "neighbour"), [("3", "7"), ("0", "4"), ("8", "1")])
 def test_a_piece_of_the_next_digit_at_the_edge_of_a_crop_is_left_out(text, neighbour):
     """A digit cropped from a row of them, the next one's first strokes showing at the right edge
