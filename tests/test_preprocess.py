@@ -560,15 +560,21 @@ def test_a_digit_in_a_shadow_under_falling_light(text, width, height, size, at, 
     assert_reads_as_clean(in_straight_shadow(falling_light(clean, angle, fall), shadow, cut, depth, blur), clean)
 
 
+def marker_digit(text: str, page: int, size: int, widen: int) -> Image.Image:
+    """A marker digit: `text` drawn `size` px high in the middle of a square page `page` px a side,
+    the font's strokes widened by a minimum filter `widen` px across."""
+    clean = Image.new("L", (page, page), 255)
+    clean.paste(draw(text, size=size), ((page - size) // 2, (page - size) // 2))
+    return clean.filter(ImageFilter.MinFilter(widen))
+
+
 # A marker digit, its strokes about a tenth of the image wide, in the middle of a page whose other
 # half (a little more of its border) lies in a sharp shadow. The border's light half leaves the
 # polarity to the departures from a median, and at 48 px a side such strokes were their own median:
 # the paper inside the loops departed further, and each of these was read as light ink on dark.
 @pytest.mark.parametrize(("text", "angle"), [("8", 45), ("8", 135), ("8", 225), ("8", 315), ("6", 45), ("9", 135)])
 def test_a_bold_digit_across_the_edge_of_a_sharp_shadow(text, angle):
-    clean = Image.new("L", (250, 250), 255)
-    clean.paste(draw(text, size=200), (25, 25))
-    clean = clean.filter(ImageFilter.MinFilter(17))  # a marker: the font's strokes widened
+    clean = marker_digit(text, page=250, size=200, widen=17)
     assert_reads_as_clean(in_straight_shadow(clean, angle, 0.47, 0.45, 3), clean)
 
 
@@ -592,9 +598,7 @@ def test_erosion_by_running_sums_is_a_minimum_filter():
 # broken.
 @pytest.mark.parametrize(("text", "angle"), [("0", 120), ("2", 300), ("2", 210), ("3", 30), ("5", 120), ("6", 30)])
 def test_a_marker_digit_half_in_a_sharp_shadow(text, angle):
-    clean = Image.new("L", (240, 240), 255)
-    clean.paste(draw(text, size=160), (40, 40))
-    clean = clean.filter(ImageFilter.MinFilter(9))  # a marker: the font's strokes widened
+    clean = marker_digit(text, page=240, size=160, widen=9)
     assert_reads_as_clean(in_straight_shadow(clean, angle, 0.5, 0.5, 2), clean)
 
 
