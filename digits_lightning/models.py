@@ -52,6 +52,11 @@ class DigitClassifier(LightningModule):
     Subclasses set `self.net`, a plain `nn.Module` from normalised images to logits.
 
     Args (shared by the subclasses):
+        weight_decay: Decoupled from the gradient, as in AdamW: each step shrinks the weights by
+            `lr * weight_decay`, whatever Adam's scaling of the gradient.
+        final_lr: Where the one-cycle schedule ends, as a share of `lr` (0: annealed to nearly nil).
+            Under a moving average of the weights (`averaging.EMA`), a schedule that stays high
+            averages weights that still move, as stochastic weight averaging does.
         normalize: `unit` feeds the network the [0, 1] pixels as they are (the dense reference);
             `standard` subtracts the data set's mean and divides by its standard deviation.
         class_names: One name per class, in label order; set from the data set by the CLI.
@@ -74,6 +79,7 @@ class DigitClassifier(LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
+        final_lr: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
@@ -94,6 +100,8 @@ class DigitClassifier(LightningModule):
             raise SettingError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
         if weight_decay < 0:
             raise SettingError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if not 0 <= final_lr <= 1:
+            raise SettingError(f"model.final_lr is a share of model.lr: in [0, 1], got {final_lr}")
         if not 0 <= label_smoothing <= 1:
             raise SettingError(f"model.label_smoothing must be in [0, 1], got {label_smoothing}")
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):
@@ -202,7 +210,7 @@ class DigitClassifier(LightningModule):
         # step and 240 us per CNN step on a 2-core CPU).
         optimizer = torch.optim.Adam(
             self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),
+            decoupled_weight_decay=True, fused=self.device.type in ("cpu", "cuda"),
         )  # fmt: skip
         if not hp.one_cycle:
             return optimizer
@@ -215,7 +223,9 @@ class DigitClassifier(LightningModule):
         # A quarter of the steps warm up; not where that is exactly one step (a 4-step run), on which
         # OneCycleLR divides by zero.
         warm_up = 0.25 if steps * 0.25 != 1 else 0.5
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=warm_up)
+        # OneCycleLR starts at lr / 25 and ends at that over `final_div_factor`.
+        end = {"final_div_factor": 1 / (25 * hp.final_lr)} if hp.get("final_lr") else {}
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=warm_up, **end)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -231,6 +241,7 @@ class DenseClassifier(DigitClassifier):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
+        final_lr: float = 0.0,
         label_smoothing: float = 0.1,
         channels_last: bool = False,
         compile: bool = False,
@@ -241,8 +252,8 @@ class DenseClassifier(DigitClassifier):
         tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
-            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention, tta,
+            lr, betas, weight_decay, one_cycle, final_lr, label_smoothing, channels_last, compile, normalize,
+            class_names, dataset_stats, convention, tta,
         )  # fmt: skip
         if hidden < 1:
             raise SettingError(f"model.hidden must be at least 1, got {hidden}")
@@ -265,6 +276,7 @@ class CNNClassifier(DigitClassifier):
         betas: tuple[float, float] = (0.7, 0.9),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
+        final_lr: float = 0.0,
         label_smoothing: float = 0.1,
         channels_last: bool = True,  # NHWC: what oneDNN's fast CPU kernels (2x in bf16) and tensor cores want
         compile: bool = False,
@@ -275,8 +287,8 @@ class CNNClassifier(DigitClassifier):
         tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
-            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention, tta,
+            lr, betas, weight_decay, one_cycle, final_lr, label_smoothing, channels_last, compile, normalize,
+            class_names, dataset_stats, convention, tta,
         )  # fmt: skip
         if len(channels) != 2 or min(channels) < 1 or hidden < 1:
             raise SettingError(
@@ -304,6 +316,7 @@ class ResNetClassifier(DigitClassifier):
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         one_cycle: bool = True,
+        final_lr: float = 0.0,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
         compile: bool = False,
@@ -314,8 +327,8 @@ class ResNetClassifier(DigitClassifier):
         tta: Literal["none", "shifts", "shifts+mirror"] = "none",
     ) -> None:
         super().__init__(
-            lr, betas, weight_decay, one_cycle, label_smoothing, channels_last, compile, normalize, class_names,
-            dataset_stats, convention, tta,
+            lr, betas, weight_decay, one_cycle, final_lr, label_smoothing, channels_last, compile, normalize,
+            class_names, dataset_stats, convention, tta,
         )  # fmt: skip
         if not channels or len(blocks) != len(channels) or min(channels) < 1 or min(blocks) < 0 or sum(blocks) < 1:
             raise SettingError(

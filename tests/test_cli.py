@@ -220,6 +220,28 @@ def test_training_without_an_end_needs_max_steps_for_its_schedule(tiny_mnist, in
     assert "Trained 2 epochs in" in capsys.readouterr().out  # 10 steps an epoch
 
 
+def test_weight_decay_shrinks_the_weights_by_lr_times_decay_whatever_the_gradient():
+    # Decoupled, as AdamW: with no gradient at all, a step only shrinks every weight by lr * decay
+    # (the L2 form would feed the decay through Adam's scaling, and move each weight by about lr).
+    model = DenseClassifier(lr=0.1, weight_decay=0.5, one_cycle=False)
+    optimizer = model.configure_optimizers()
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for old, new in zip(before, model.parameters()):
+        torch.testing.assert_close(new.detach(), old * (1 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("final_lr", [0.0, 0.3])
+def test_the_one_cycle_schedule_ends_at_its_final_share_of_the_rate(tiny_mnist, in_tmp, final_lr):
+    main(fit_args(tiny_mnist, "--model=DenseClassifier", "--model.lr=0.02", f"--model.final_lr={final_lr}",
+                  "--trainer.max_epochs=1", "--data.batch_size=4", "--checkpoint.save_last=true"))  # fmt: skip
+    state = torch.load(in_tmp / "checkpoints" / "dense" / "last.ckpt", weights_only=False)
+    (last,) = state["lr_schedulers"][0]["_last_lr"]  # (the rate of the last of 200 steps)
+    assert last == pytest.approx(0.02 * final_lr, abs=2e-5)  # 0: annealed to nearly nil (lr / 250,000)
+
+
 def test_compiled_model_keeps_the_plain_checkpoint_keys():
     compiled, plain = CNNClassifier(compile=True), CNNClassifier()
     compiled.setup("fit")  # wraps the network; compilation itself waits for the first batch

@@ -51,7 +51,8 @@ def test_the_configs_model_has_the_documented_size():
     "kwargs, words",
     [({"channels": (32, 64), "blocks": (1, 1, 1)}, "model.channels and model.blocks"),
      ({"blocks": (0, 0, 0)}, "one block in all"), ({"dropout": 1.0}, "model.dropout"),
-     ({"convention": "sideways"}, "model.convention must be one of"), ({"tta": "rotations"}, "model.tta must be one of")],
+     ({"convention": "sideways"}, "model.convention must be one of"), ({"tta": "rotations"}, "model.tta must be one of"),
+     ({"final_lr": 1.5}, "model.final_lr is a share of model.lr")],
 )  # fmt: skip
 def test_wrong_settings_are_named(kwargs, words):
     with pytest.raises(SettingError, match=words):
