@@ -1,7 +1,7 @@
 """Random distortions of whole training batches on the device, to make the model robust to how
 people write: slant, size, proportions, position, wobble and pen width (the references' future work),
 and to how their files look once preprocessed: bold pens, blurry low-resolution upscales,
-binarised scans and digits stretched to fill a square.
+binarised scans, digits stretched to fill a square and thin pens.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ class Augment:
     low_res: float = 0.0  # reduced to 7-14 pixels a side and upscaled back (bilinear): blurry
     binary: float = 0.0  # binarised at half strength, as a black-and-white scan
     square: float = 0.0  # the ink's box stretched to fill the 20x20 box, proportions lost
+    thin: float = 0.0  # reduced to its centre line and redrawn 2 pixels wide, as a thin pen's file is
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 0:
                 raise SettingError(f"data.augment.{name} must be at least 0, got {value}")
-        for name in ("p", "thickness", "bold", "low_res", "binary", "square"):
+        for name in ("p", "thickness", "bold", "low_res", "binary", "square", "thin"):
             if getattr(self, name) > 1:
                 raise SettingError(f"data.augment.{name} is a share of the images: at most 1, got {getattr(self, name)}")
         for name in ("scale", "aspect"):
@@ -105,6 +106,8 @@ class Augment:
             x = only(chosen(self.square), lambda images: fill_box(images.clamp(0, 1)))
         if self.bold > 0:
             x = torch.where(chosen(self.bold), dilate(x), x)
+        if self.thin > 0:
+            x = only(chosen(self.thin), thin_pen)
         if self.low_res > 0:
             side = int(torch.randint(7, 15, (1,)))  # one size per batch: F.interpolate takes one
             x = only(chosen(self.low_res), blur(side))
@@ -123,6 +126,56 @@ def dilate(x: torch.Tensor) -> torch.Tensor:
     p = F.pad(x, (1, 1, 1, 1), value=-math.inf)
     rows = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
     return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+def centre_line(x: torch.Tensor) -> torch.Tensor:
+    """The ink (over half strength) of `[N, 1, H, W]` thinned to lines one pixel wide (Zhang-Suen:
+    outer pixels peeled off in two alternating passes, never one that holds a line together).
+
+    Each pixel's 8 neighbours are read as one byte (a 3x3 convolution with powers of two), and a
+    table of the 256 bytes says whether it is peeled: a few operations per pass, where the rule
+    written out pixel-wise takes some fifty, which on a CPU cost more than the rest of the batch's
+    distortion."""
+    m = (x > 0.5).float()
+    weights = _NEIGHBOUR_BITS.to(x.device)
+    tables = _peel_tables().to(x.device)
+    for _ in range(max(x.shape[-2:])):
+        removed = False
+        for table in tables:
+            code = F.conv2d(m, weights, padding=1).long()
+            peel = table[code] & (m > 0)
+            if peel.any():
+                m = m.masked_fill(peel, 0.0)
+                removed = True
+        if not removed:
+            break
+    return m
+
+
+# The 8 neighbours clockwise from north (N, NE, E, SE, S, SW, W, NW) as bits 0-7 of a byte.
+_NEIGHBOUR_BITS = torch.tensor([[128.0, 1, 2], [64, 0, 4], [32, 16, 8]]).view(1, 1, 3, 3)
+
+
+def _peel_tables() -> torch.Tensor:
+    """`[2, 256]`: whether Zhang-Suen's first and second pass peel a pixel with these neighbours:
+    2-6 of them inked, one gap-to-ink crossing around it (so it is an end or an edge, not a link),
+    and on the pass's sides (the first: south or east, or the north-west corner; the second: the
+    opposite)."""
+    bits = (torch.arange(256).view(-1, 1) >> torch.arange(8)) & 1
+    count = bits.sum(1)
+    crossings = ((1 - bits) * bits.roll(-1, 1)).sum(1)
+    edge = (count >= 2) & (count <= 6) & (crossings == 1)
+    n = bits.T
+    first = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
+    second = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
+    return torch.stack([edge & first, edge & second])
+
+
+def thin_pen(x: torch.Tensor) -> torch.Tensor:
+    """Each digit as a thin pen draws it once preprocessing has brought the pen to MNIST's width:
+    its centre line, at full strength, with half-strength pixels beside it (about 2 pixels wide)."""
+    line = centre_line(x)
+    return (line + dilate(line)) / 2
 
 
 def fill_box(x: torch.Tensor, level: float = 0.3, box: int = 20) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digits_lightning.augment import Augment, bicubic_weights, dilate
+from digits_lightning.augment import Augment, bicubic_weights, centre_line, dilate
 
 
 def digits(n: int) -> torch.Tensor:
@@ -53,7 +53,7 @@ def test_distortion_changes_every_digit_and_keeps_its_ink():
 
 
 STILL = dict(p=1.0, rotation=0, scale=0, aspect=0, shear=0, shift=0, elastic=0, thickness=0)  # no geometric change
-LOOKS = dict(bold=0.0, low_res=0.0, binary=0.0, square=0.0)  # and no look but the one a test names
+LOOKS = dict(bold=0.0, low_res=0.0, binary=0.0, square=0.0, thin=0.0)  # and no look but the one a test names
 
 
 def ink_box(image: torch.Tensor, level: float = 0.3) -> tuple[int, int]:
@@ -93,3 +93,67 @@ def test_looks_apply_only_to_the_share_asked_for():
     y = Augment(**{**STILL, **LOOKS, "binary": 0.25})(x.clone())
     changed = (y - x).abs().flatten(1).amax(1) > 0.1
     assert 0.2 < changed.float().mean() < 0.3
+
+
+def holes(mask: torch.Tensor) -> int:
+    """Regions of background not joined (4-connected) to the image's border: a ring has one."""
+    free = F.pad(~mask, (1, 1, 1, 1), value=True).float()[None, None]
+    reached = torch.zeros_like(free)
+    reached[..., 0, :] = reached[..., -1, :] = reached[..., :, 0] = reached[..., :, -1] = 1
+    cross = torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+    while True:
+        grown = (F.conv2d(reached, cross, padding=1) > 0).float() * free
+        if torch.equal(grown, reached):
+            break
+        reached = grown
+    enclosed = (free - reached)[0, 0] > 0
+    count, seen = 0, torch.zeros_like(enclosed)
+    for y, x in enclosed.nonzero().tolist():  # flood each enclosed region once
+        if seen[y, x]:
+            continue
+        count += 1
+        stack = [(y, x)]
+        while stack:
+            a, b = stack.pop()
+            if 0 <= a < enclosed.shape[0] and 0 <= b < enclosed.shape[1] and enclosed[a, b] and not seen[a, b]:
+                seen[a, b] = True
+                stack += [(a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)]
+    return count
+
+
+def test_the_centre_line_of_a_bar_is_one_pixel_wide_along_its_middle():
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 12:17, 4:24] = 1.0  # five rows thick
+    line = centre_line(x)[0, 0] > 0
+    assert line.sum(0)[8:20].eq(1).all()  # one pixel in every column away from the ends
+    assert line[14, 8:20].all()  # on the middle row
+    assert not line[:12].any() and not line[17:].any()
+
+
+def test_the_centre_line_keeps_a_ring_closed_and_a_stroke_in_one_piece():
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    r = ((ys - 13.5) ** 2 + (xs - 13.5) ** 2).sqrt()
+    ring = ((r > 5) & (r < 9)).float()  # a thick "0"
+    hook = torch.zeros(28, 28)
+    hook[4:24, 12:16] = 1.0
+    hook[20:24, 6:16] = 1.0  # an "L" four pixels thick
+    line = centre_line(torch.stack([ring, hook])[:, None])[:, 0] > 0
+    assert holes(ring > 0) == holes(line[0]) == 1
+    assert line[0].sum() < 0.4 * ring.sum() and line[1].sum() < 0.4 * hook.sum()
+    assert holes(line[1]) == 0
+    # In one piece: every pixel of the hook's line reached from any other through 8-neighbours.
+    reached = torch.zeros(28, 28)
+    y, x = line[1].nonzero()[0].tolist()
+    reached[y, x] = 1
+    for _ in range(60):
+        reached = (F.max_pool2d(reached[None, None], 3, 1, 1)[0, 0] > 0).float() * line[1]
+    assert reached.sum() == line[1].sum()
+
+
+def test_thin_redraws_every_stroke_about_two_pixels_wide_at_full_strength():
+    x = digits(4)  # an upright bar 3 pixels wide, crossed by one 3 pixels tall
+    y = Augment(**{**STILL, **LOOKS, "thin": 1.0})(x.clone())
+    for image in y[:, 0]:
+        below = image[12:20]  # the upright bar below the cross-bar, row by row:
+        assert (below == 1.0).sum(1).eq(1).all()  # one pixel at full strength (the faint bar too)...
+        assert torch.allclose(below.sum(1), torch.full((8,), 2.0))  # ...and half of one on either side
