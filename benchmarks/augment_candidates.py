@@ -6,7 +6,8 @@ candidate's `--data.augment.*` settings, one torch thread, two fits at a time), 
 today's `preprocess_file` on the validation-built files of `field_corpus.py` (seeds 1, 3 and 4:
 15,000 files). It prints, per candidate, the accuracy per family and their mean over all its
 seeds, and the MNIST validation accuracy of the checkpoints `fit` kept (and, for the record only,
-the test accuracy `fit` printed: the default must keep it at 99.4 % or more).
+the test accuracy `fit` printed: the default must keep it at 99.4 % or more), and the median of
+the training times `fit` printed (two fits share the cores, so compare them within one run).
 
     python benchmarks/augment_candidates.py --data_dir ../shared/datasets/mnist
 """
@@ -34,6 +35,8 @@ CANDIDATES = {
     "square 0.1 (the default)": {"square": 0.1},
     "all four 0.1": {"square": 0.1, "low_res": 0.1, "bold": 0.1, "binary": 0.1},
     "bold 0.2, low_res 0.2, binary 0.1, square 0.1": {"square": 0.1, "low_res": 0.2, "bold": 0.2, "binary": 0.1},
+    "square 0.1, thin 0.1": {"square": 0.1, "thin": 0.1},
+    "square 0.1, thin 0.2": {"square": 0.1, "thin": 0.2},
 }
 CORPUS_SEEDS = (1, 3, 4)
 # The families the candidates are scored on, the issue's ten (column titles): the looks are meant
@@ -45,8 +48,9 @@ COLUMNS = {
 }  # fmt: skip
 
 
-def fit(workdir: Path, data_dir: str, cache_dir: str, seed: int, looks: dict[str, float]) -> tuple[Path, float]:
-    """One `fit` of the default CNN in its own folder: (the kept checkpoint, its printed test accuracy)."""
+def fit(workdir: Path, data_dir: str, cache_dir: str, seed: int, looks: dict[str, float]) -> tuple[Path, float, float]:
+    """One `fit` of the default CNN in its own folder: (the kept checkpoint, its printed test
+    accuracy, its printed training seconds)."""
     workdir.mkdir(parents=True)
     settings = [f"--data.augment.{name}={share}" for name, share in looks.items()]
     done = subprocess.run(
@@ -57,7 +61,8 @@ def fit(workdir: Path, data_dir: str, cache_dir: str, seed: int, looks: dict[str
     if done.returncode != 0:
         raise SystemExit(f"fit in {workdir} failed:\n{done.stderr[-3000:]}")
     test = float(re.search(r"Test accuracy: ([\d.]+)%", done.stdout).group(1))
-    return next((workdir / "checkpoints" / "cnn").glob("epoch=*.ckpt")), test
+    seconds = float(re.search(r"Trained \d+ epochs? in ([\d.]+) s", done.stdout).group(1))
+    return next((workdir / "checkpoints" / "cnn").glob("epoch=*.ckpt")), test, seconds
 
 
 def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 1, 2], help="training seeds per candidate")
+    parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME",
+                        help="which of CANDIDATES to run (default: all)")
     parser.add_argument("--work_dir", default=None, help="where the fits and the files go (default: a temp folder)")
     args = parser.parse_args()
     print(describe())
@@ -80,9 +87,9 @@ def main() -> None:
     cache = str(work / "cache")
     images, labels = digits(data_dir, cache, "val")
     corpora = [build(work / f"val-500-seed{s}", images, labels, 500, seed=s) for s in CORPUS_SEEDS]
-    jobs = [(name, seed) for name in CANDIDATES for seed in args.seeds]
+    jobs = [(name, seed) for seed in args.seeds for name in args.candidates]  # interleaved: the VM drifts
 
-    def run(k: int) -> tuple[Path, float]:
+    def run(k: int) -> tuple[Path, float, float]:
         name, seed = jobs[k]
         return fit(work / f"fit-{k}", data_dir, cache, seed, CANDIDATES[name])
 
@@ -92,13 +99,14 @@ def main() -> None:
     inputs = {name: [read(files[name]) for files in corpora] for name in COLUMNS}
     seeds = ", ".join(map(str, args.seeds))
     print(f"\n{len(args.seeds)} seeds each ({seeds}), {len(CORPUS_SEEDS) * 500:,} validation-built files per family\n")
-    print("| candidate | " + " | ".join(COLUMNS.values()) + " | mean | MNIST val | (test) |")
-    print("|---|" + "---:|" * (len(COLUMNS) + 3))
-    for name in CANDIDATES:
+    print("| candidate | " + " | ".join(COLUMNS.values()) + " | mean | MNIST val | (test) | training |")
+    print("|---|" + "---:|" * (len(COLUMNS) + 4))
+    for name in args.candidates:
         right = np.zeros(len(COLUMNS))
-        vals, tests = [], []
+        vals, tests, seconds = [], [], []
         for seed in args.seeds:
-            ckpt, test = fits[(name, seed)]
+            ckpt, test, took = fits[(name, seed)]
+            seconds.append(took)
             classify = load_classifier(ckpt)
             vals.append(float(re.search(r"val_acc=(\d\.\d+)", ckpt.name).group(1)))
             tests.append(test)
@@ -107,7 +115,7 @@ def main() -> None:
                     right[k] += (classify(x) == truth).mean() / len(inputs[family])
         scores = 100 * right / len(args.seeds)
         print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in scores) + f" | {scores.mean():.2f} | "
-              f"{100 * np.mean(vals):.2f} | {np.mean(tests):.2f} |", flush=True)  # fmt: skip
+              f"{100 * np.mean(vals):.2f} | {np.mean(tests):.2f} | {np.median(seconds):.1f} s |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
