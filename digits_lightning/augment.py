@@ -138,7 +138,7 @@ def centre_line(x: torch.Tensor) -> torch.Tensor:
     distortion."""
     m = (x > 0.5).float()
     weights = _NEIGHBOUR_BITS.to(x.device)
-    tables = _peel_tables().to(x.device)
+    tables = _PEEL.to(x.device)
     for _ in range(max(x.shape[-2:])):
         removed = False
         for table in tables:
@@ -169,6 +169,9 @@ def _peel_tables() -> torch.Tensor:
     first = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
     second = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
     return torch.stack([edge & first, edge & second])
+
+
+_PEEL = _peel_tables()
 
 
 def thin_pen(x: torch.Tensor) -> torch.Tensor:
